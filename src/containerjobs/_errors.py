@@ -1,0 +1,61 @@
+"""The exception tree of containerjobs.
+
+Every error the library raises on purpose derives from `ContainerJobsError`::
+
+    ContainerJobsError
+    ├── InvalidJobSpec        (also ValueError)  a spec that cannot be run as written
+    ├── PolicyViolation       (also ValueError)  a spec the security policy refuses
+    ├── TemplateNotFound      (also KeyError)    an unknown environment template
+    ├── JobNotFound           (also KeyError)    an unknown job id
+    ├── HostUnavailable                          a Docker host that cannot be reached
+    ├── ExecutorError                            the engine refused or failed an operation
+    │   └── ImageNotFound                        an image that is absent and may not be pulled
+    └── StorageError                             the job store failed
+
+Backends translate their driver's exceptions into these with ``raise ... from exc``,
+so the original error stays reachable as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+
+class ContainerJobsError(Exception):
+    """Root of every error containerjobs raises on purpose."""
+
+
+class InvalidJobSpec(ContainerJobsError, ValueError):
+    """A job spec that cannot be run as written (bad image, limit, key, ...)."""
+
+
+class PolicyViolation(ContainerJobsError, ValueError):
+    """A job spec that the security policy refuses."""
+
+
+class _KeyErrorMessage(KeyError):
+    # KeyError.__str__ repr()s its argument, which puts quotes around a sentence.
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class TemplateNotFound(ContainerJobsError, _KeyErrorMessage):
+    """An environment template name that is not in the store."""
+
+
+class JobNotFound(ContainerJobsError, _KeyErrorMessage):
+    """A job id that is not in the store."""
+
+
+class HostUnavailable(ContainerJobsError):
+    """A Docker host that does not answer, or that no job may be placed on."""
+
+
+class ExecutorError(ContainerJobsError):
+    """The container engine refused or failed an operation."""
+
+
+class ImageNotFound(ExecutorError):
+    """An image that is not on the host and that the pull policy forbids pulling."""
+
+
+class StorageError(ContainerJobsError):
+    """The job store failed to read or write."""

@@ -1,0 +1,822 @@
+"""The JobManager: the public API, the dispatcher and one supervisor per running job."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
+from datetime import datetime, timedelta
+from typing import Any, Literal, Self
+
+import anyio
+import attrs
+import structlog
+from anyio.abc import TaskGroup
+
+from ._dispatch import HostLoad, HostSelectionStrategy, WeightedLeastLoaded
+from ._errors import (
+    ContainerJobsError,
+    HostUnavailable,
+    InvalidJobSpec,
+    JobNotFound,
+)
+from ._hosts import DockerHost
+from ._logs import LogHub
+from ._models import (
+    EnvironmentTemplate,
+    HostHealth,
+    Job,
+    JobEvent,
+    JobSpec,
+    JobStatus,
+    LogLine,
+    utcnow,
+)
+from ._policy import SecurityPolicy
+from .executors._base import Executor, ExitStatus, ResourceSample
+from .storage import InMemoryStorage, Storage, StoredLine
+
+_log = structlog.get_logger("containerjobs")
+
+ExitMode = Literal["cancel", "wait", "detach"]
+ExecutorFactory = Callable[[DockerHost, str, SecurityPolicy], Executor]
+
+_ACTIVE = (JobStatus.LAUNCHING, JobStatus.RUNNING)
+_MAX_POLL = 1.0  # waiting on progress made by another process polls at most this slowly
+_LOG_FLUSH_INTERVAL = 0.25
+_LOG_DRAIN_GRACE = 30.0  # after exit, how long the log stream may take to end
+_KILL_GRACE = 30.0
+
+
+def _default_executor(host: DockerHost, manager_id: str, policy: SecurityPolicy) -> Executor:
+    from .executors._docker import DockerExecutor
+
+    return DockerExecutor(host, manager_id=manager_id, policy=policy)
+
+
+@attrs.define
+class _HostState:
+    host: DockerHost
+    executor: Executor
+    health: HostHealth = HostHealth(False, None, "not checked yet")
+
+    @property
+    def usable(self) -> bool:
+        return self.host.active and self.health.healthy
+
+
+@attrs.define
+class _Control:
+    """What the outside can tell a job's supervisor."""
+
+    cancel: anyio.Event = attrs.Factory(anyio.Event)
+    reason: str = "cancelled"
+    done: anyio.Event = attrs.Factory(anyio.Event)
+
+    def request_cancel(self, reason: str) -> None:
+        if not self.cancel.is_set():
+            self.reason = reason
+            self.cancel.set()
+
+
+@attrs.define
+class _Usage:
+    """Peak memory and average CPU, from the stats samples of one job."""
+
+    started: float = attrs.Factory(time.monotonic)
+    peak_memory: int | None = None
+    cpu_percent: float | None = None
+    _first: ResourceSample | None = None
+
+    def add(self, sample: ResourceSample) -> None:
+        peak = max(sample.memory_bytes, sample.memory_peak_bytes or 0)
+        self.peak_memory = max(self.peak_memory or 0, peak)
+        first = self._first
+        if first is None:
+            self._first = sample
+        if first is not None and first.read_at and sample.read_at and sample.read_at > first.read_at:
+            # Two readings on the engine's own clock: exact, whatever our clock says.
+            span = (sample.read_at - first.read_at).total_seconds()
+            used = sample.cpu_total_ns - first.cpu_total_ns
+            self.cpu_percent = max(0.0, used / 1e9 / span * 100)
+        else:
+            span = time.monotonic() - self.started
+            if span > 0:
+                self.cpu_percent = sample.cpu_total_ns / 1e9 / span * 100
+
+
+class _LostRace(Exception):
+    """Someone else changed the job's status first (a cancel, another manager)."""
+
+    def __init__(self, current: Job) -> None:
+        self.current = current
+
+
+class JobManager:
+    """Runs jobs as containers on a set of Docker hosts and keeps their records.
+
+    Use it as an async context manager; it owns one task group, and no task it starts
+    outlives it::
+
+        async with JobManager() as manager:
+            job = await manager.run(JobSpec(image="alpine", command="echo hi"))
+
+    Args:
+        hosts: where jobs run. `None` means ``[DockerHost.from_env()]``; an empty list
+            makes a client that stores jobs for workers elsewhere and runs none.
+        storage: the job store; `InMemoryStorage` when `None`.
+        strategy: how a host is chosen; `WeightedLeastLoaded` when `None`.
+        policy: defaults, ceilings and hardening; `SecurityPolicy()` when `None`.
+        on_exit: what leaving ``async with`` does to jobs still running here:
+            ``"cancel"`` kills them (the default), ``"wait"`` lets them finish,
+            ``"detach"`` leaves their containers running and their records as they are.
+        health_interval: seconds between health checks of every host.
+        poll_interval: how often the store is read for work submitted elsewhere.
+        manager_id: this manager's identity in container labels and job records.
+        executor_factory: builds the executor of a host (a `FakeExecutor` in tests).
+    """
+
+    def __init__(
+        self,
+        hosts: Sequence[DockerHost] | None = None,
+        *,
+        storage: Storage | None = None,
+        strategy: HostSelectionStrategy | None = None,
+        policy: SecurityPolicy | None = None,
+        on_exit: ExitMode = "cancel",
+        health_interval: float = 30.0,
+        poll_interval: float = 1.0,
+        manager_id: str | None = None,
+        executor_factory: ExecutorFactory | None = None,
+    ) -> None:
+        if hosts is None:
+            hosts = [DockerHost.from_env()]
+        names = [host.name for host in hosts]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"host names must be unique; repeated: {', '.join(duplicates)}")
+        if on_exit not in ("cancel", "wait", "detach"):
+            raise ValueError(f"on_exit must be 'cancel', 'wait' or 'detach', not {on_exit!r}")
+        self.id = manager_id or f"cjm-{uuid.uuid4().hex[:12]}"
+        self.storage: Storage = storage if storage is not None else InMemoryStorage()
+        self.strategy: HostSelectionStrategy = strategy or WeightedLeastLoaded()
+        self.policy = policy or SecurityPolicy()
+        self._on_exit: ExitMode = on_exit
+        self._health_interval = health_interval
+        self._poll_interval = poll_interval
+        factory = executor_factory or _default_executor
+        self._hosts = {
+            host.name: _HostState(host, factory(host, self.id, self.policy)) for host in hosts
+        }
+        self._state: Literal["unopened", "open", "closing", "closed"] = "unopened"
+        self._runner: asyncio.Task[None] | None = None
+        self._tg: TaskGroup | None = None
+        self._stop = anyio.Event()
+        self._wake = anyio.Event()
+        self._controls: dict[str, _Control] = {}
+        self._hubs: dict[str, LogHub] = {}
+        self._watchers: dict[str, anyio.Event] = {}
+        self._subscribers: list[anyio.abc.ObjectSendStream[JobEvent]] = []
+        self._log = _log.bind(manager=self.id)
+
+    # --- life cycle ----------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the store and the hosts, and start dispatching (what ``async with`` does).
+
+        For frameworks whose start-up and shutdown run in different tasks (Jupyter
+        cells, some lifespans), `start` and `close` may be awaited separately.
+        """
+        if self._state != "unopened":
+            raise RuntimeError(f"JobManager is {self._state}; a manager cannot be reopened")
+        self._state = "open"
+        try:
+            await self.storage.open()
+            for state in self._hosts.values():
+                await state.executor.open()
+            await self._check_health()
+        except BaseException:
+            await self._release()
+            self._state = "closed"
+            raise
+        started = anyio.Event()
+        # The task group lives in a task of its own, so that start() and close() may
+        # be called from different tasks; every background task is inside it.
+        self._runner = asyncio.get_running_loop().create_task(self._run(started))
+        await started.wait()
+        self._log.info("manager.started", hosts=list(self._hosts), storage=type(self.storage).__name__)
+
+    async def _run(self, started: anyio.Event) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                if self._hosts:
+                    tg.start_soon(self._dispatch_loop)
+                    tg.start_soon(self._health_loop)
+                started.set()
+                await self._stop.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            started.set()
+
+    async def close(self) -> None:
+        """Stop dispatching, deal with running jobs as `on_exit` says, release all."""
+        if self._state in ("unopened", "closed"):
+            self._state = "closed"
+            return
+        if self._state == "closing":
+            return
+        self._state = "closing"
+        try:
+            controls = list(self._controls.values())
+            if self._on_exit == "cancel":
+                for control in controls:
+                    control.request_cancel("cancelled: the manager shut down")
+            if self._on_exit in ("cancel", "wait"):
+                for control in controls:
+                    await control.done.wait()
+            self._stop.set()
+            if self._runner is not None:
+                await self._runner
+        finally:
+            for subscriber in self._subscribers:
+                subscriber.close()
+            await self._release()
+            self._state = "closed"
+            self._log.info("manager.closed")
+
+    async def _release(self) -> None:
+        with anyio.CancelScope(shield=True):
+            for state in self._hosts.values():
+                with suppress(Exception):
+                    await state.executor.close()
+            await self.storage.close()
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise RuntimeError(
+                f"JobManager is {self._state}: use it inside 'async with JobManager(...)'"
+            )
+
+    # --- submitting ----------------------------------------------------------------
+
+    async def submit(self, spec: JobSpec) -> Job:
+        """Validate `spec` against the policy and store it as a pending job.
+
+        A spec that is refused raises (`InvalidJobSpec`, `PolicyViolation`,
+        `TemplateNotFound`) and leaves nothing stored.
+        """
+        [job] = await self.submit_many([spec])
+        return job
+
+    async def submit_many(self, specs: Iterable[JobSpec]) -> list[Job]:
+        """Submit several specs: all are stored, or (when one is refused) none."""
+        self._check_open()
+        jobs = [await self._prepare(spec) for spec in list(specs)]
+        if not jobs:
+            return []
+        await self.storage.create(jobs)
+        for job in jobs:
+            self._log.info("job.submitted", job_id=job.id, image=job.spec.image, name=job.name)
+            self._publish(job, None)
+        self._wake.set()
+        return jobs
+
+    async def _prepare(self, spec: JobSpec) -> Job:
+        if not isinstance(spec, JobSpec):
+            raise TypeError(f"submit() takes a JobSpec, not {type(spec).__name__}")
+        if spec.host is not None and self._hosts and spec.host not in self._hosts:
+            raise InvalidJobSpec(
+                f"JobSpec.host={spec.host!r} is not a host of this manager "
+                f"(hosts: {', '.join(self._hosts)})"
+            )
+        template: Mapping[str, str] | None = None
+        if spec.environment_template is not None:
+            template = (await self.storage.get_template(spec.environment_template)).variables
+        if spec.mounts:
+            # Resolving mount sources touches the file system: off the event loop.
+            effective = await anyio.to_thread.run_sync(self.policy.apply, spec, template)
+        else:
+            effective = self.policy.apply(spec, template)
+        return Job(id=str(uuid.uuid4()), spec=effective, name=spec.name, created_at=utcnow())
+
+    async def run(self, spec: JobSpec, *, timeout: float | None = None) -> Job:
+        """Submit `spec` and wait for the job to end."""
+        job = await self.submit(spec)
+        return await self.wait(job.id, timeout=timeout)
+
+    # --- reading -------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> Job:
+        """The job's current record; `JobNotFound` for an unknown id."""
+        self._check_open()
+        return await self.storage.get(job_id)
+
+    async def list_jobs(self, *, status: JobStatus | str | None = None,
+                        limit: int = 100) -> list[Job]:
+        """Jobs, newest first, optionally of one status."""
+        self._check_open()
+        return await self.storage.list(
+            status=JobStatus(status) if status is not None else None, limit=limit
+        )
+
+    async def wait(self, job_id: str, *, timeout: float | None = None) -> Job:
+        """Wait until the job ends and return it. `TimeoutError` when `timeout` runs
+        out first; the job goes on."""
+        self._check_open()
+        with anyio.fail_after(timeout):
+            delay = 0.05
+            while True:
+                changed = self._watch(job_id)
+                job = await self.storage.get(job_id)
+                if job.status.is_terminal:
+                    return job
+                # Our own jobs signal every change; jobs run elsewhere are polled.
+                with anyio.move_on_after(delay):
+                    await changed.wait()
+                delay = min(delay * 2, _MAX_POLL)
+
+    async def logs(self, job_id: str, *, follow: bool = True) -> AsyncIterator[LogLine]:
+        """The job's output lines, both streams in the order written.
+
+        With `follow`, lines come as they are printed and the iterator ends when the
+        job ends; without, it gives what is there now and ends.
+        """
+        self._check_open()
+        await self.storage.get(job_id)  # JobNotFound, before anything else
+        next_seq = 0
+        delay = 0.05
+        while True:
+            hub = self._hubs.get(job_id)
+            if hub is not None and next_seq >= hub.flushed:
+                fresh = hub.since(next_seq)
+                if fresh:
+                    for stored in fresh:
+                        yield stored.line
+                    next_seq = fresh[-1].seq + 1
+                    continue
+                if not follow:
+                    return
+                if not hub.closed:
+                    await hub.changed()
+                continue
+            until = hub.flushed if hub is not None else None
+            batch = await self.storage.read_logs(job_id, after=next_seq - 1, until=until,
+                                                 limit=1000)
+            if batch:
+                for stored in batch:
+                    yield stored.line
+                next_seq = batch[-1].seq + 1
+                continue
+            if hub is not None:
+                continue
+            changed = self._watch(job_id)
+            job = await self.storage.get(job_id)
+            if job.status.is_terminal or not follow:
+                # Lines stored just before the final status was written.
+                for stored in await self.storage.read_logs(job_id, after=next_seq - 1):
+                    yield stored.line
+                return
+            with anyio.move_on_after(delay):
+                await changed.wait()
+            delay = min(delay * 2, _MAX_POLL)
+
+    async def events(self) -> AsyncIterator[JobEvent]:
+        """Every status change from now on, as it is stored, until the manager closes."""
+        self._check_open()
+        send, receive = anyio.create_memory_object_stream[JobEvent](math.inf)
+        self._subscribers.append(send)
+        try:
+            async with receive:
+                async for event in receive:
+                    yield event
+        finally:
+            with suppress(ValueError):
+                self._subscribers.remove(send)
+            send.close()
+
+    # --- control -------------------------------------------------------------------
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a job: a pending one never starts, a running one's container is
+        killed and removed. A finished job is returned unchanged."""
+        self._check_open()
+        while True:
+            job = await self.storage.get(job_id)
+            if job.status.is_terminal:
+                return job
+            self._log.info("job.cancel_requested", job_id=job_id, status=str(job.status))
+            if job.status is JobStatus.PENDING:
+                done = job.advance(JobStatus.CANCELLED, completed_at=utcnow(), error="cancelled")
+                if await self.storage.update(done, expected=JobStatus.PENDING):
+                    self._publish(done, job.status)
+                    return done
+                continue  # claimed meanwhile: cancel it as a running job
+            control = self._controls.get(job_id)
+            if control is not None:
+                control.request_cancel("cancelled")
+            elif not job.cancel_requested:
+                # Another manager runs it: leave word in the store for its supervisor.
+                flagged = attrs.evolve(job, cancel_requested=True)
+                if not await self.storage.update(flagged, expected=job.status):
+                    continue
+            return await self.wait(job_id)
+
+    async def health(self) -> dict[str, HostHealth]:
+        """Check every host now; healthy, response time and error per host name."""
+        self._check_open()
+        await self._check_health()
+        return {name: state.health for name, state in self._hosts.items()}
+
+    async def summary(self) -> dict[str, Any]:
+        """Jobs per status, and per host the slots in use and free."""
+        self._check_open()
+        counts = await self.storage.count_by_status()
+        active = await self.storage.count_active()
+        hosts = {
+            name: {
+                "active": state.host.active,
+                "healthy": state.health.healthy,
+                "running": active.get(name, 0),
+                "max_concurrent_jobs": state.host.max_concurrent_jobs,
+                "free": max(0, state.host.max_concurrent_jobs - active.get(name, 0))
+                if state.usable else 0,
+            }
+            for name, state in self._hosts.items()
+        }
+        return {
+            "jobs": {str(status): n for status, n in counts.items()},
+            "hosts": hosts,
+            "slots_used": sum(h["running"] for h in hosts.values()),
+            "slots_free": sum(h["free"] for h in hosts.values()),
+        }
+
+    async def save_template(self, template: EnvironmentTemplate) -> None:
+        """Store (or replace) an environment template that specs can name."""
+        self._check_open()
+        await self.storage.save_template(template)
+
+    async def get_template(self, name: str) -> EnvironmentTemplate:
+        """The named template; `TemplateNotFound` when there is none."""
+        self._check_open()
+        return await self.storage.get_template(name)
+
+    async def list_templates(self) -> list[EnvironmentTemplate]:
+        """All stored templates, by name."""
+        self._check_open()
+        return await self.storage.list_templates()
+
+    async def delete_template(self, name: str) -> None:
+        """Delete the named template; `TemplateNotFound` when there is none."""
+        self._check_open()
+        await self.storage.delete_template(name)
+
+    async def prune(self, *, older_than: timedelta | float) -> int:
+        """Delete finished jobs (and their logs) completed longer ago than `older_than`."""
+        self._check_open()
+        age = older_than if isinstance(older_than, timedelta) else timedelta(seconds=older_than)
+        ids = await self.storage.finished_before(utcnow() - age)
+        return await self.storage.delete(ids) if ids else 0
+
+    # --- status changes ------------------------------------------------------------
+
+    def _watch(self, job_id: str) -> anyio.Event:
+        # Take the event before reading the store, so a change between the read and
+        # the wait still wakes the waiter.
+        event = self._watchers.get(job_id)
+        if event is None:
+            event = self._watchers[job_id] = anyio.Event()
+        return event
+
+    def _publish(self, job: Job, previous: JobStatus | None) -> None:
+        event = self._watchers.pop(job.id, None)
+        if event is not None:
+            event.set()
+        if previous == job.status:
+            return
+        record = JobEvent(job.id, job.status, previous, utcnow())
+        for subscriber in self._subscribers:
+            with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                subscriber.send_nowait(record)
+
+    async def _advance(self, job: Job, status: JobStatus, **changes: Any) -> Job:
+        new = job.advance(status, **changes)
+        if not await self.storage.update(new, expected=job.status):
+            raise _LostRace(await self.storage.get(job.id))
+        self._publish(new, job.status)
+        return new
+
+    # --- dispatching ---------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            self._wake = anyio.Event()
+            try:
+                await self._dispatch_once()
+            except ContainerJobsError as exc:
+                self._log.error("dispatch.failed", error=str(exc))
+            # New work, a freed slot or a recovered host wakes us; work submitted by
+            # other processes is found by the periodic read.
+            with anyio.move_on_after(self._poll_interval):
+                await self._wake.wait()
+
+    async def _dispatch_once(self) -> None:
+        if self._state != "open":
+            return
+        active = await self.storage.count_active()
+        usable = [s for s in self._hosts.values() if s.usable]
+        free = sum(max(0, s.host.max_concurrent_jobs - active.get(s.host.name, 0)) for s in usable)
+        if free == 0:
+            return
+        # Read past the free slots: jobs pinned to a full host must not block others.
+        for job in await self.storage.pending(limit=free * 4 + 16):
+            candidates = [
+                HostLoad(s.host, active.get(s.host.name, 0))
+                for s in usable
+                if (job.spec.host is None or job.spec.host == s.host.name)
+                and active.get(s.host.name, 0) < s.host.max_concurrent_jobs
+            ]
+            if not candidates:
+                continue
+            choice = self.strategy.select(job, candidates)
+            if choice is None:
+                continue
+            claimed = job.advance(
+                JobStatus.LAUNCHING, host=choice.host.name, owner=self.id,
+                attempts=job.attempts + 1,
+            )
+            if not await self.storage.claim(claimed, max_active=choice.host.max_concurrent_jobs):
+                continue  # another manager took it, or the host filled up meanwhile
+            active[choice.host.name] = active.get(choice.host.name, 0) + 1
+            self._publish(claimed, job.status)
+            self._start_supervisor(claimed, self._hosts[choice.host.name])
+
+    def _start_supervisor(self, job: Job, state: _HostState) -> None:
+        assert self._tg is not None
+        control = self._controls[job.id] = _Control()
+        self._tg.start_soon(self._supervise, job, state, control, name=f"job {job.id}")
+
+    # --- health --------------------------------------------------------------------
+
+    async def _health_loop(self) -> None:
+        while True:
+            await anyio.sleep(self._health_interval)
+            await self._check_health()
+
+    async def _check_health(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for state in self._hosts.values():
+                tg.start_soon(self._check_host, state)
+
+    async def _check_host(self, state: _HostState) -> None:
+        started = time.perf_counter()
+        try:
+            with anyio.fail_after(10):
+                await state.executor.ping()
+        except (ContainerJobsError, TimeoutError) as exc:
+            error = str(exc) or f"host {state.host.name!r} did not answer within 10 s"
+            self._set_health(state, HostHealth(False, None, error, utcnow()))
+        else:
+            elapsed = time.perf_counter() - started
+            self._set_health(state, HostHealth(True, elapsed, None, utcnow()))
+
+    def _set_health(self, state: _HostState, health: HostHealth) -> None:
+        was = state.health.healthy
+        state.health = health
+        if health.healthy and not was:
+            self._log.info("host.healthy", host=state.host.name,
+                           response_time=health.response_time)
+            self._wake.set()
+        elif not health.healthy and (was or state.health.error != health.error):
+            self._log.warning("host.unhealthy", host=state.host.name, error=health.error)
+
+    # --- supervising one job -------------------------------------------------------
+
+    async def _supervise(self, job: Job, state: _HostState, control: _Control) -> None:
+        log = self._log.bind(job_id=job.id, host=state.host.name)
+        try:
+            await self._execute(job, state, control, log)
+        except _LostRace as race:
+            log.info("job.superseded", status=str(race.current.status))
+        except Exception as exc:
+            # A bug must not leave a job stuck in launching or running.
+            log.exception("job.supervisor_crashed")
+            with anyio.CancelScope(shield=True):
+                await self._fail_quietly(job.id, f"internal error: {exc!r}")
+        finally:
+            self._controls.pop(job.id, None)
+            control.done.set()
+            self._wake.set()
+
+    async def _fail_quietly(self, job_id: str, error: str) -> None:
+        with suppress(ContainerJobsError):
+            job = await self.storage.get(job_id)
+            if not job.status.is_terminal:
+                await self._advance(job, JobStatus.FAILED, error=error, completed_at=utcnow())
+
+    async def _execute(self, job: Job, state: _HostState, control: _Control,
+                       log: structlog.typing.FilteringBoundLogger) -> None:
+        executor = state.executor
+        log.info("job.launching", image=job.spec.image, attempt=job.attempts)
+        try:
+            container_id = await executor.launch(job)
+        except HostUnavailable as exc:
+            self._set_health(state, HostHealth(False, None, str(exc), utcnow()))
+            log.warning("job.launch_failed", error=str(exc))
+            await self._advance(job, JobStatus.FAILED, error=str(exc), completed_at=utcnow())
+            return
+        except ContainerJobsError as exc:
+            log.warning("job.launch_failed", error=str(exc))
+            await self._advance(job, JobStatus.FAILED, error=str(exc), completed_at=utcnow())
+            return
+        log = log.bind(container_id=container_id[:12])
+        hub = self._hubs[job.id] = LogHub(job.id, await self.storage.log_count(job.id),
+                                          self.storage.append_logs)
+        try:
+            try:
+                job = await self._advance(job, JobStatus.RUNNING, container_id=container_id,
+                                          started_at=utcnow())
+            except _LostRace:
+                # Cancelled while launching: the container must not outlive the job.
+                with anyio.CancelScope(shield=True):
+                    await executor.remove(container_id)
+                raise
+            log.info("job.running")
+            await self._watch_container(job, executor, container_id, control, hub, log)
+        finally:
+            hub.close()
+            self._hubs.pop(job.id, None)
+
+    async def _watch_container(self, job: Job, executor: Executor, container_id: str,
+                               control: _Control, hub: LogHub,
+                               log: structlog.typing.FilteringBoundLogger) -> None:
+        usage = _Usage()
+        output = _Output()
+        reason: str | None = None
+        exit_status: ExitStatus | None = None
+        failure: str | None = None
+        async with anyio.create_task_group() as tg:
+            pump_done = anyio.Event()
+            tg.start_soon(self._pump_logs, executor, container_id, hub, output, pump_done, log)
+            tg.start_soon(self._sample_stats, executor, container_id, usage, log)
+            tg.start_soon(self._flush_periodically, hub)
+            timeout = job.spec.timeout_seconds
+
+            async def exited() -> None:
+                nonlocal exit_status
+                exit_status = await executor.wait(container_id)
+
+            try:
+                with anyio.move_on_after(timeout) as deadline:
+                    async with anyio.create_task_group() as race:
+                        async def first(step: Callable[[], Any]) -> None:
+                            await step()
+                            race.cancel_scope.cancel()
+
+                        race.start_soon(first, exited)
+                        race.start_soon(first, control.cancel.wait)
+                        race.start_soon(first, lambda: self._watch_cancel_flag(job, control))
+                if deadline.cancelled_caught:
+                    reason = "timeout"
+                elif exit_status is None:
+                    reason = "cancel"
+                if exit_status is None:
+                    log.info("container.killing", reason=reason)
+                    with anyio.CancelScope(shield=True), anyio.fail_after(_KILL_GRACE):
+                        await executor.kill(container_id)
+                        exit_status = await executor.wait(container_id)
+            except (ContainerJobsError, TimeoutError) as exc:
+                failure = str(exc) or "the host stopped answering"
+                log.warning("container.lost", error=failure)
+            # The log stream ends when the container stops; give it time to drain.
+            with anyio.move_on_after(_LOG_DRAIN_GRACE if failure is None else 1.0):
+                await pump_done.wait()
+            tg.cancel_scope.cancel()
+        if failure is None and not output.complete:
+            # The stream broke before the container stopped: read what it missed.
+            await self._catch_up_logs(executor, container_id, hub, output, log)
+        with anyio.CancelScope(shield=True):
+            await hub.flush()
+            try:
+                await executor.remove(container_id)
+                log.info("container.removed")
+            except ContainerJobsError as exc:
+                log.warning("container.remove_failed", error=str(exc))
+            status, error = self._outcome(job, reason, exit_status, failure, control)
+            done = await self._advance(
+                job, status,
+                exit_code=exit_status.exit_code if exit_status else None,
+                oom_killed=bool(exit_status and exit_status.oom_killed),
+                error=error,
+                completed_at=utcnow(),
+                stdout=output.text("stdout"),
+                stderr=output.text("stderr"),
+                max_memory_bytes=usage.peak_memory,
+                cpu_usage_percent=usage.cpu_percent,
+            )
+            log.info("job.finished", status=str(done.status), exit_code=done.exit_code,
+                     duration=done.duration, error=done.error)
+
+    @staticmethod
+    def _outcome(job: Job, reason: str | None, exit_status: ExitStatus | None,
+                 failure: str | None, control: _Control) -> tuple[JobStatus, str | None]:
+        if reason == "timeout":
+            return JobStatus.TIMEOUT, (
+                f"timed out after {job.spec.timeout_seconds:g} s; the container was killed")
+        if reason == "cancel":
+            return JobStatus.CANCELLED, control.reason
+        if failure is not None or exit_status is None:
+            return JobStatus.FAILED, f"lost the container on host {job.host!r}: {failure}"
+        if exit_status.oom_killed:
+            return JobStatus.FAILED, (
+                f"memory limit of {job.spec.memory_limit_mb} MB exceeded: "
+                f"the container was killed (OOM)")
+        if exit_status.exit_code == 0:
+            return JobStatus.COMPLETED, None
+        detail = f": {exit_status.error}" if exit_status.error else ""
+        return JobStatus.FAILED, f"exited with code {exit_status.exit_code}{detail}"
+
+    async def _watch_cancel_flag(self, job: Job, control: _Control) -> None:
+        # A cancel asked through another manager arrives as a flag in the store.
+        while True:
+            await anyio.sleep(self._poll_interval)
+            with suppress(ContainerJobsError):
+                if (await self.storage.get(job.id)).cancel_requested:
+                    control.request_cancel("cancelled")
+                    await control.cancel.wait()
+                    return
+
+    async def _pump_logs(self, executor: Executor, container_id: str, hub: LogHub,
+                         output: _Output, done: anyio.Event,
+                         log: structlog.typing.FilteringBoundLogger) -> None:
+        try:
+            async for item in executor.logs(container_id):
+                output.add(item.line, item.newline)
+                hub.add(item.line)
+                if hub.wants_flush:
+                    await hub.flush()
+            output.complete = True
+        except ContainerJobsError as exc:
+            log.warning("logs.stream_broken", error=str(exc))
+        finally:
+            done.set()
+
+    async def _catch_up_logs(self, executor: Executor, container_id: str, hub: LogHub,
+                             output: _Output, log: structlog.typing.FilteringBoundLogger) -> None:
+        # Read again from the last timestamp seen, skipping the lines at that instant
+        # we already have: the engine replays them in the same order.
+        skip = output.seen_at_last
+        try:
+            async for item in executor.logs(container_id, since=output.last_ts, follow=False):
+                if skip and item.line.timestamp == output.last_ts:
+                    skip -= 1
+                    continue
+                output.add(item.line, item.newline)
+                hub.add(item.line)
+        except ContainerJobsError as exc:
+            log.error("logs.incomplete", error=str(exc))
+
+    async def _sample_stats(self, executor: Executor, container_id: str, usage: _Usage,
+                            log: structlog.typing.FilteringBoundLogger) -> None:
+        try:
+            async for sample in executor.stats(container_id):
+                usage.add(sample)
+        except ContainerJobsError as exc:
+            log.info("stats.unavailable", error=str(exc))
+
+    @staticmethod
+    async def _flush_periodically(hub: LogHub) -> None:
+        # Lines reach the store within a fraction of a second, for readers elsewhere.
+        while True:
+            await anyio.sleep(_LOG_FLUSH_INTERVAL)
+            await hub.flush()
+
+
+@attrs.define
+class _Output:
+    """stdout and stderr rebuilt from the lines, and where the stream got to."""
+
+    parts: dict[str, list[str]] = attrs.Factory(lambda: {"stdout": [], "stderr": []})
+    complete: bool = False  # the stream ended by itself, not broken
+    last_ts: datetime | None = None
+    seen_at_last: int = 0  # lines seen with timestamp last_ts
+
+    def add(self, line: LogLine, newline: bool) -> None:
+        self.parts[line.stream].append(line.text + "\n" if newline else line.text)
+        if line.timestamp == self.last_ts:
+            self.seen_at_last += 1
+        else:
+            self.last_ts, self.seen_at_last = line.timestamp, 1
+
+    def text(self, stream: str) -> str:
+        return "".join(self.parts[stream])

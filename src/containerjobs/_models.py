@@ -1,0 +1,448 @@
+"""The records of containerjobs: specs, jobs, statuses, log lines and events.
+
+All are frozen attrs classes. A `JobSpec` validates itself on construction: a wrong
+type raises `TypeError`, a wrong value raises `InvalidJobSpec` (a `ValueError`).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import posixpath
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from functools import cached_property
+from typing import Any, Literal
+
+import attrs
+
+from ._errors import InvalidJobSpec
+from ._images import parse_image
+from ._output import clean_output, parse_output
+from ._templates import parse_environment
+
+PullPolicy = Literal["if-not-present", "always", "never"]
+PULL_POLICIES: tuple[str, ...] = ("if-not-present", "always", "never")
+Stream = Literal["stdout", "stderr"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job is in its life. Terminal statuses never change again."""
+
+    PENDING = "pending"
+    LAUNCHING = "launching"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+    def can_become(self, new: JobStatus) -> bool:
+        """Whether the move from this status to `new` is allowed."""
+        return new in _TRANSITIONS[self]
+
+
+_TERMINAL = frozenset(
+    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.TIMEOUT, JobStatus.CANCELLED}
+)
+# The one place that says which moves a job may make. A retry goes back to pending.
+_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.PENDING: frozenset({JobStatus.LAUNCHING, JobStatus.CANCELLED, JobStatus.FAILED}),
+    JobStatus.LAUNCHING: frozenset(
+        {
+            JobStatus.RUNNING,
+            JobStatus.PENDING,
+            JobStatus.FAILED,
+            JobStatus.TIMEOUT,
+            JobStatus.CANCELLED,
+        }
+    ),
+    JobStatus.RUNNING: frozenset(
+        {
+            JobStatus.PENDING,
+            JobStatus.COMPLETED,
+            JobStatus.FAILED,
+            JobStatus.TIMEOUT,
+            JobStatus.CANCELLED,
+        }
+    ),
+    JobStatus.COMPLETED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.TIMEOUT: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+class InvalidTransition(InvalidJobSpec):
+    """A status change that the state machine forbids (a bug, or a lost race)."""
+
+
+# --- validators -------------------------------------------------------------------
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise InvalidJobSpec(message)
+
+
+def _type_error(field: str, value: object, expected: str) -> TypeError:
+    return TypeError(f"JobSpec.{field} must be {expected}, not {type(value).__name__}")
+
+
+def _optional_str(field: str, value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise _type_error(field, value, "a str or None")
+
+
+def _positive_number(field: str, value: object, *, integral: bool = False) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _type_error(field, value, "a number or None")
+    if integral and isinstance(value, float) and not value.is_integer():
+        _require(False, f"JobSpec.{field} must be a whole number, got {value!r}")
+    _require(math.isfinite(value), f"JobSpec.{field} must be finite, got {value!r}")
+    _require(value > 0, f"JobSpec.{field} must be greater than 0, got {value!r}")
+    return value
+
+
+def _check_key(kind: str, key: object) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"JobSpec.{kind} keys must be str, not {type(key).__name__}")
+    _require(key != "", f"JobSpec.{kind} has an empty key")
+    _require("\x00" not in key, f"JobSpec.{kind} key {key!r} contains a NUL byte")
+    return key
+
+
+def _to_environment(value: object) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _type_error("environment", value, "a mapping of str to str")
+    env: dict[str, str] = {}
+    for key, val in value.items():
+        _check_key("environment", key)
+        _require("=" not in key, f"JobSpec.environment key {key!r} contains '='")
+        if not isinstance(val, str):
+            raise TypeError(
+                f"JobSpec.environment[{key!r}] must be a str, not {type(val).__name__}"
+            )
+        # The value itself never goes into a message: it may be a secret.
+        _require("\x00" not in val, f"JobSpec.environment[{key!r}] contains a NUL byte")
+        env[key] = val
+    return env
+
+
+def _to_labels(value: object) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _type_error("labels", value, "a mapping of str to str")
+    labels: dict[str, str] = {}
+    for key, val in value.items():
+        _check_key("labels", key)
+        if not isinstance(val, str):
+            raise TypeError(f"JobSpec.labels[{key!r}] must be a str, not {type(val).__name__}")
+        _require("\x00" not in val, f"JobSpec.labels[{key!r}] contains a NUL byte")
+        labels[key] = val
+    return labels
+
+
+def _to_command(value: object) -> str | tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        _require(value.strip() != "", "JobSpec.command is an empty string")
+        _require("\x00" not in value, "JobSpec.command contains a NUL byte")
+        return value
+    if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
+        args = tuple(value)
+        for arg in args:
+            if not isinstance(arg, str):
+                raise TypeError(
+                    f"JobSpec.command items must be str, not {type(arg).__name__}"
+                )
+            _require("\x00" not in arg, "JobSpec.command contains a NUL byte")
+        _require(len(args) > 0, "JobSpec.command is an empty list")
+        return args
+    raise _type_error("command", value, "a str, a list of str or None")
+
+
+def _absolute_path(field: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise _type_error(field, value, "a str")
+    _require(value.startswith("/"), f"{field} must be an absolute path, got {value!r}")
+    _require("\x00" not in value, f"{field} contains a NUL byte")
+    return value
+
+
+@attrs.frozen
+class NetworkAttachment:
+    """A Docker network the job's container joins, with its DNS aliases there."""
+
+    name: str = attrs.field()
+    aliases: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+
+    @name.validator
+    def _check_name(self, _: attrs.Attribute[str], value: object) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"network name must be a str, not {type(value).__name__}")
+        _require(value.strip() != "", "network name is empty")
+
+    @aliases.validator
+    def _check_aliases(self, _: attrs.Attribute[tuple[str, ...]], value: tuple[Any, ...]) -> None:
+        for alias in value:
+            if not isinstance(alias, str):
+                raise TypeError(f"network alias must be a str, not {type(alias).__name__}")
+            _require(alias != "", f"network {self.name!r} has an empty alias")
+
+
+@attrs.frozen
+class Mount:
+    """A host folder bind-mounted into the job's container (read-only by default)."""
+
+    source: str = attrs.field()
+    target: str = attrs.field()
+    read_only: bool = True
+
+    @source.validator
+    def _check_source(self, _: attrs.Attribute[str], value: object) -> None:
+        _absolute_path("Mount.source", value)
+
+    @target.validator
+    def _check_target(self, _: attrs.Attribute[str], value: object) -> None:
+        _absolute_path("Mount.target", value)
+        _require(
+            posixpath.normpath(str(value)) != "/", "Mount.target may not be the root folder"
+        )
+
+
+def _to_networks(value: object) -> tuple[NetworkAttachment, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str | NetworkAttachment):
+        value = [value]
+    if not isinstance(value, Sequence):
+        raise _type_error("networks", value, "a list of names or NetworkAttachment")
+    out = []
+    for item in value:
+        if isinstance(item, str):
+            item = NetworkAttachment(item)
+        if not isinstance(item, NetworkAttachment):
+            raise _type_error("networks", item, "a network name or NetworkAttachment")
+        out.append(item)
+    return tuple(out)
+
+
+def _to_mounts(value: object) -> tuple[Mount, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, Mount):
+        return (value,)
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        raise _type_error("mounts", value, "a list of Mount")
+    for item in value:
+        if not isinstance(item, Mount):
+            raise _type_error("mounts", item, "a Mount")
+    return tuple(value)
+
+
+def _mask_environment(env: Mapping[str, str]) -> str:
+    # repr() of a spec must not leak secrets: show the keys only.
+    return "{" + ", ".join(f"{key!r}: '***'" for key in env) + "}"
+
+
+@attrs.frozen(kw_only=True)
+class JobSpec:
+    """What to run: an image, a command, limits and the container's settings.
+
+    Limits left `None` take the policy's defaults; the job stores the effective ones.
+    A `str` command runs as ``/bin/sh -c command``; a list runs as is; `None` keeps
+    the image's own command.
+    """
+
+    image: str = attrs.field()
+    command: str | tuple[str, ...] | None = attrs.field(default=None, converter=_to_command)
+    name: str | None = attrs.field(default=None)
+    memory_limit_mb: int | None = attrs.field(default=None)
+    cpu_limit: float | None = attrs.field(default=None)
+    timeout_seconds: float | None = attrs.field(default=None)
+    environment: dict[str, str] = attrs.field(
+        factory=dict, converter=_to_environment, repr=_mask_environment
+    )
+    environment_template: str | None = attrs.field(default=None)
+    networks: tuple[NetworkAttachment, ...] = attrs.field(default=(), converter=_to_networks)
+    working_directory: str | None = attrs.field(default=None)
+    user: str | None = attrs.field(default=None)
+    labels: dict[str, str] = attrs.field(factory=dict, converter=_to_labels)
+    mounts: tuple[Mount, ...] = attrs.field(default=(), converter=_to_mounts)
+    host: str | None = attrs.field(default=None)
+    pull_policy: PullPolicy = attrs.field(default="if-not-present")
+    max_retries: int = attrs.field(default=0)
+    priority: int = attrs.field(default=0)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.image, str):
+            raise _type_error("image", self.image, "a str")
+        _require(self.image.strip() != "", "JobSpec.image is empty")
+        try:
+            parse_image(self.image)
+        except ValueError as exc:
+            raise InvalidJobSpec(f"JobSpec.image: {exc}") from None
+        for field in ("name", "environment_template", "user", "host"):
+            value = _optional_str(field, getattr(self, field))
+            if value is not None:
+                _require(value.strip() != "", f"JobSpec.{field} is empty")
+                _require("\x00" not in value, f"JobSpec.{field} contains a NUL byte")
+        _positive_number("memory_limit_mb", self.memory_limit_mb, integral=True)
+        _positive_number("cpu_limit", self.cpu_limit)
+        _positive_number("timeout_seconds", self.timeout_seconds)
+        if self.working_directory is not None:
+            _absolute_path("JobSpec.working_directory", self.working_directory)
+        if self.pull_policy not in PULL_POLICIES:
+            if not isinstance(self.pull_policy, str):
+                raise _type_error("pull_policy", self.pull_policy, "a str")
+            _require(
+                False,
+                f"JobSpec.pull_policy must be one of {', '.join(PULL_POLICIES)}, "
+                f"got {self.pull_policy!r}",
+            )
+        for field in ("max_retries", "priority"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise _type_error(field, value, "an int")
+        _require(self.max_retries >= 0, f"JobSpec.max_retries must be >= 0, got {self.max_retries}")
+        if self.memory_limit_mb is not None and not isinstance(self.memory_limit_mb, int):
+            # A whole float such as 64.0 is accepted and stored as an int.
+            object.__setattr__(self, "memory_limit_mb", int(self.memory_limit_mb))
+        if self.cpu_limit is not None:
+            object.__setattr__(self, "cpu_limit", float(self.cpu_limit))
+        if self.timeout_seconds is not None:
+            object.__setattr__(self, "timeout_seconds", float(self.timeout_seconds))
+
+
+@attrs.frozen
+class AttemptOutcome:
+    """How an earlier attempt of a retried job ended."""
+
+    attempt: int
+    host: str | None
+    container_id: str | None
+    exit_code: int | None
+    error: str | None
+    started_at: datetime | None
+    completed_at: datetime | None
+
+
+@attrs.frozen(kw_only=True)
+class Job:
+    """A snapshot of a job's record. Ask the manager again for a fresher one."""
+
+    id: str
+    spec: JobSpec
+    status: JobStatus = JobStatus.PENDING
+    name: str | None = None
+    host: str | None = None
+    container_id: str | None = None
+    exit_code: int | None = None
+    created_at: datetime = attrs.field(factory=utcnow)
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    stdout: str = ""
+    stderr: str = ""
+    max_memory_bytes: int | None = None
+    cpu_usage_percent: float | None = None
+    oom_killed: bool = False
+    error: str | None = None
+    attempts: int = 0
+    logs_truncated: bool = False
+    owner: str | None = None
+    cancel_requested: bool = False
+    previous_attempts: tuple[AttemptOutcome, ...] = ()
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to completion, once both are known."""
+        if self.started_at is None or self.completed_at is None:
+            return None
+        return (self.completed_at - self.started_at).total_seconds()
+
+    @cached_property
+    def clean_output(self) -> str:
+        """stdout without ANSI escapes and carriage-return overwrites."""
+        return clean_output(self.stdout)
+
+    @cached_property
+    def parsed_output(self) -> Any:
+        """The JSON value of `clean_output`, or of its last non-empty line, else None."""
+        return parse_output(self.clean_output)
+
+    def advance(self, status: JobStatus, **changes: Any) -> Job:
+        """A copy in `status` with `changes`; refuses a move the state machine forbids."""
+        if status != self.status and not self.status.can_become(status):
+            raise InvalidTransition(f"job {self.id}: {self.status} cannot become {status}")
+        return attrs.evolve(self, status=status, **changes)
+
+
+@attrs.frozen
+class LogLine:
+    """One line of a job's output. `text` has no trailing newline."""
+
+    stream: Stream
+    text: str
+    timestamp: datetime
+
+
+@attrs.frozen
+class JobEvent:
+    """A job's status change, as it was stored."""
+
+    job_id: str
+    status: JobStatus
+    previous: JobStatus | None
+    at: datetime
+
+
+@attrs.frozen
+class EnvironmentTemplate:
+    """A named set of ``KEY=VALUE`` lines that jobs can take their environment from."""
+
+    name: str = attrs.field()
+    text: str = attrs.field()
+    description: str = ""
+
+    @name.validator
+    def _check_name(self, _: attrs.Attribute[str], value: object) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"template name must be a str, not {type(value).__name__}")
+        _require(value.strip() != "", "template name is empty")
+
+    @text.validator
+    def _check_text(self, _: attrs.Attribute[str], value: object) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"template text must be a str, not {type(value).__name__}")
+        parse_environment(value)  # refuses a bad template when it is made
+
+    @property
+    def variables(self) -> dict[str, str]:
+        """The parsed variables."""
+        return parse_environment(self.text)
+
+
+@attrs.frozen
+class HostHealth:
+    """The last health check of a Docker host."""
+
+    healthy: bool
+    response_time: float | None
+    error: str | None
+    checked_at: datetime | None = None

@@ -1,0 +1,155 @@
+"""The security policy: defaults and ceilings for every job, and what is refused."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Mapping, Sequence
+from typing import NoReturn
+
+import attrs
+import structlog
+
+from ._errors import InvalidJobSpec, PolicyViolation
+from ._images import DEFAULT_REGISTRY, parse_image
+from ._models import JobSpec, Mount
+
+_log = structlog.get_logger("containerjobs.policy")
+
+# Never mounted, whatever the policy allows: the host's identity, its kernel
+# interfaces, and the runtime sockets that would hand a job the whole machine.
+FORBIDDEN_MOUNT_SOURCES: tuple[str, ...] = (
+    "/",
+    "/etc",
+    "/root",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/boot",
+    "/var/run",
+    "/run",
+)
+_ROOT_USERS = frozenset({"0", "root"})
+_DOCKER_HUB_ALIASES = frozenset({DEFAULT_REGISTRY, "index.docker.io", "registry-1.docker.io"})
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _tuple_or_none(value: Sequence[str] | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(value)
+
+
+@attrs.frozen(kw_only=True)
+class SecurityPolicy:
+    """What every job gets unless it asks otherwise, and what no job may ask for.
+
+    Limits a spec leaves `None` take the defaults; a spec asking more than a maximum
+    is refused with `PolicyViolation`. The hardening settings apply to every
+    container the manager starts.
+    """
+
+    max_memory_mb: int = 2048
+    default_memory_mb: int = 512
+    max_cpu: float = 2.0
+    default_cpu: float = 1.0
+    max_timeout_seconds: float = 3600.0
+    default_timeout_seconds: float = 3600.0
+    default_user: str = "65534:65534"
+    allow_root: bool = False
+    read_only_root: bool = True
+    tmpfs_size_mb: int = 64
+    drop_capabilities: bool = True
+    no_new_privileges: bool = True
+    pids_limit: int | None = 256
+    allowed_registries: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_tuple_or_none
+    )
+    allowed_mount_sources: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+
+    def __attrs_post_init__(self) -> None:
+        for low, high, what in (
+            (self.default_memory_mb, self.max_memory_mb, "memory"),
+            (self.default_cpu, self.max_cpu, "cpu"),
+            (self.default_timeout_seconds, self.max_timeout_seconds, "timeout"),
+        ):
+            if not 0 < low <= high:
+                raise ValueError(f"SecurityPolicy: default {what} must be in (0, maximum]")
+
+    def apply(self, spec: JobSpec, template: Mapping[str, str] | None = None) -> JobSpec:
+        """The effective spec: defaults filled in, the template's environment under the
+        spec's own, mount sources resolved. Raises `PolicyViolation` for what the
+        policy refuses. Resolving mounts touches the file system: call it off the
+        event loop when the spec has mounts."""
+        memory = self._limit("memory_limit_mb", spec.memory_limit_mb, self.default_memory_mb,
+                             self.max_memory_mb, "MB")
+        cpu = self._limit("cpu_limit", spec.cpu_limit, self.default_cpu, self.max_cpu, "cores")
+        timeout = self._limit("timeout_seconds", spec.timeout_seconds,
+                              self.default_timeout_seconds, self.max_timeout_seconds, "s")
+        user = spec.user if spec.user is not None else self.default_user
+        if not self.allow_root and user.split(":", 1)[0].strip() in _ROOT_USERS:
+            self._refuse("user", user, "the policy does not allow root (allow_root=False)")
+        for network in spec.networks:
+            if network.name == "host" or network.name.startswith("container:"):
+                self._refuse("networks", network.name, "host and shared network modes are never allowed")
+        self._check_registry(spec.image)
+        mounts = tuple(self._check_mount(mount) for mount in spec.mounts)
+        environment = {**(template or {}), **spec.environment}
+        return attrs.evolve(
+            spec,
+            memory_limit_mb=int(memory),
+            cpu_limit=float(cpu),
+            timeout_seconds=float(timeout),
+            user=user,
+            environment=environment,
+            mounts=mounts,
+        )
+
+    def _limit(self, field: str, value: float | None, default: float, maximum: float,
+               unit: str) -> float:
+        if value is None:
+            return default
+        if value > maximum:
+            self._refuse(field, value, f"the policy's maximum is {maximum:g} {unit}")
+        return value
+
+    def _check_registry(self, image: str) -> None:
+        if self.allowed_registries is None:
+            return
+        registry = parse_image(image).registry
+        allowed = set(self.allowed_registries)
+        if allowed & _DOCKER_HUB_ALIASES:
+            allowed |= _DOCKER_HUB_ALIASES
+        if registry not in allowed:
+            self._refuse("image", image, f"registry {registry!r} is not in allowed_registries "
+                         f"({', '.join(self.allowed_registries) or 'none'})")
+
+    def _check_mount(self, mount: Mount) -> Mount:
+        # Resolve symlinks and '..' first: the check must see where the mount really
+        # points, not what its path says.
+        source = os.path.realpath(mount.source)
+        if not os.path.exists(source):
+            raise InvalidJobSpec(f"mount source {mount.source!r} does not exist")
+        if posixpath.basename(source).endswith(".sock") or "docker.sock" in source:
+            self._refuse("mounts", mount.source, "sockets are never mounted")
+        for forbidden in FORBIDDEN_MOUNT_SOURCES:
+            # Refuse a forbidden folder, anything inside it, and any folder that holds
+            # one (mounting /var would expose /var/run).
+            if _within(source, forbidden) if forbidden != "/" else source == "/":
+                self._refuse("mounts", mount.source,
+                             f"it resolves to {source!r}, inside {forbidden!r}, which is never mounted")
+            if forbidden != "/" and _within(forbidden, source):
+                self._refuse("mounts", mount.source,
+                             f"it resolves to {source!r}, which holds {forbidden!r}")
+        allowed = [os.path.realpath(folder) for folder in self.allowed_mount_sources]
+        if not any(_within(source, folder) for folder in allowed):
+            self._refuse("mounts", mount.source,
+                         f"it resolves to {source!r}, outside allowed_mount_sources "
+                         f"({', '.join(self.allowed_mount_sources) or 'none set'})")
+        return attrs.evolve(mount, source=source)
+
+    @staticmethod
+    def _refuse(field: str, value: object, why: str) -> NoReturn:
+        _log.warning("security.refused", field=field, value=value, reason=why)
+        raise PolicyViolation(f"{field}={value!r} refused: {why}")

@@ -1,0 +1,153 @@
+"""The `Executor` protocol: how the manager speaks to one container engine on one host.
+
+The manager knows this protocol and nothing of the engine behind it. An executor
+turns a `Job` into a running container and reports what happens to it; it translates
+every engine error into the library's own (`HostUnavailable` when the host cannot be
+reached, `ImageNotFound`, `ExecutorError` for the rest) with ``raise ... from exc``.
+
+Every container an executor creates carries the labels `LABEL_JOB_ID` and
+`LABEL_MANAGER`, so that whatever was started can be found again after a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from .._models import Job, LogLine
+
+LABEL_JOB_ID = "containerjobs.job_id"
+LABEL_MANAGER = "containerjobs.manager"
+LABEL_ATTEMPT = "containerjobs.attempt"
+
+
+@attrs.frozen
+class OutputLine:
+    """A line of output as the engine delivered it.
+
+    `newline` is False only for a last line that did not end in a newline, so that
+    the job's stdout and stderr can be rebuilt byte for byte (after decoding).
+    """
+
+    line: LogLine
+    newline: bool = True
+
+
+@attrs.frozen
+class ExitStatus:
+    """How a container ended."""
+
+    exit_code: int | None
+    oom_killed: bool = False
+    error: str | None = None
+    finished_at: datetime | None = None
+
+
+@attrs.frozen
+class ResourceSample:
+    """One reading of a running container's resource use.
+
+    Args:
+        memory_bytes: memory in use now.
+        memory_peak_bytes: the engine's own high-water mark, when it keeps one.
+        cpu_total_ns: CPU time used since the container started, all cores together.
+        read_at: when the engine took the reading (the engine's clock).
+    """
+
+    memory_bytes: int
+    memory_peak_bytes: int | None
+    cpu_total_ns: int
+    read_at: datetime | None
+
+
+@attrs.frozen
+class ContainerInfo:
+    """A labelled container found on a host."""
+
+    container_id: str
+    job_id: str
+    manager_id: str | None
+    running: bool
+
+
+@attrs.frozen
+class PullResult:
+    """What happened when an image was pulled on a host."""
+
+    image: str
+    ok: bool
+    error: str | None = None
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """One container engine on one host.
+
+    The manager calls `open` once, then any other method from many tasks at once,
+    then `close` once. Methods that talk to the engine raise `HostUnavailable` when
+    it cannot be reached.
+    """
+
+    @property
+    def name(self) -> str:
+        """The host's name, as jobs record it."""
+        ...
+
+    async def open(self) -> None:
+        """Prepare connections. Must not fail when the engine is down: `ping` tells."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections. Idempotent."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the engine answers; raise `HostUnavailable` saying why it doesn't."""
+        ...
+
+    async def launch(self, job: Job) -> str:
+        """Create and start the container of `job`'s current attempt; return its id.
+
+        Pulls the image as ``job.spec.pull_policy`` says. The spec is the effective
+        one (the policy's defaults applied). When launching fails or is cancelled
+        after the container was created, the container is removed before this
+        returns or raises: a failed launch leaves nothing behind.
+        """
+        ...
+
+    def logs(
+        self, container_id: str, *, since: datetime | None = None, follow: bool = True
+    ) -> AsyncIterator[OutputLine]:
+        """The container's output, both streams in the order written, from `since`
+        (inclusive) or the start. With `follow`, the iterator ends when the engine
+        ends the stream, which normally means the container stopped, but may be
+        earlier: callers confirm the exit with `wait`."""
+        ...
+
+    def stats(self, container_id: str) -> AsyncIterator[ResourceSample]:
+        """Resource readings while the container runs, about one a second."""
+        ...
+
+    async def wait(self, container_id: str) -> ExitStatus:
+        """Block until the container has exited; return how it ended."""
+        ...
+
+    async def kill(self, container_id: str) -> None:
+        """Kill the container. Not an error when it already stopped or is gone."""
+        ...
+
+    async def remove(self, container_id: str) -> None:
+        """Remove the container (killing it first if need be). Not an error when gone."""
+        ...
+
+    async def find(self, *, job_id: str | None = None) -> list[ContainerInfo]:
+        """Containers carrying the job label (of one job, when `job_id` is given)."""
+        ...
+
+    async def pull(self, image: str) -> PullResult:
+        """Pull `image` with the host's registry credentials."""
+        ...
+

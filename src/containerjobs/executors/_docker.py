@@ -1,0 +1,472 @@
+"""The Docker executor, on aiodocker.
+
+Engine dictionaries live here and nowhere else. Lessons from peers' bug trackers that
+shape this module:
+
+- No AutoRemove: the container would vanish before its logs and exit status are read.
+- Output comes from the logs endpoint with ``timestamps=1``, parsed frame by frame:
+  aiodocker's ``log()`` drops the stream byte, and the json-file log keeps everything
+  a fast container printed before we asked, which an attach after start would lose.
+- ``wait`` is only called after ``start`` (a created container "is not running" yet).
+- Resource use comes from the streamed stats; a one-shot read takes 1-2 s.
+- A pull reports failure inside an HTTP 200 stream: every message is checked.
+- aiohttp's pool holds 100 connections by default, and every running job holds up to
+  three (logs, stats, wait): the pool is sized from ``max_concurrent_jobs``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+import aiodocker
+import aiohttp
+import anyio
+import structlog
+from aiodocker.exceptions import DockerError
+from aiodocker.utils import compose_auth_header
+
+from .._errors import ContainerJobsError, ExecutorError, HostUnavailable, ImageNotFound
+from .._hosts import DockerHost
+from .._images import parse_image
+from .._models import Job, LogLine, Stream
+from .._policy import SecurityPolicy
+from ._base import (
+    LABEL_ATTEMPT,
+    LABEL_JOB_ID,
+    LABEL_MANAGER,
+    ContainerInfo,
+    ExitStatus,
+    OutputLine,
+    PullResult,
+    ResourceSample,
+)
+
+_log = structlog.get_logger("containerjobs.docker")
+
+_STREAMS: dict[int, Stream] = {1: "stdout", 2: "stderr"}
+# Long-lived streams must not time out; control calls get a bound.
+_FOREVER = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
+_CONTROL = aiohttp.ClientTimeout(total=60, sock_connect=10)
+# Per running job: its log stream, its stats stream and its wait, plus control calls.
+_CONNECTIONS_PER_JOB = 3
+_SPARE_CONNECTIONS = 8
+
+
+def _parse_time(text: str) -> datetime | None:
+    # Docker writes RFC 3339 with nanoseconds ("2024-01-02T03:04:05.123456789Z");
+    # Python keeps microseconds. The zero time means "never".
+    if not text or text.startswith("0001-"):
+        return None
+    text = text.rstrip("Z")
+    offset = "+00:00"
+    for sign in "+-":
+        head, sep, tail = text[10:].rpartition(sign)
+        if sep and ":" in tail and "T" in text:
+            text, offset = text[:10] + head, sign + tail
+            break
+    main, _, fraction = text.partition(".")
+    fraction = (fraction + "000000")[:6]
+    return datetime.fromisoformat(f"{main}.{fraction}{offset}").astimezone(timezone.utc)
+
+
+def _docker_since(when: datetime) -> str:
+    # The logs endpoint takes a UNIX time with a fractional part, inclusive.
+    seconds = when.timestamp()
+    whole = math.floor(seconds)
+    return f"{whole}.{round((seconds - whole) * 1e6):06d}000"
+
+
+class _StreamDecoder:
+    """Turns log frames of one stream into whole lines.
+
+    The engine sends a frame per log message; a message longer than the log driver's
+    buffer arrives as several partial frames, each with its own timestamp, and only
+    the last ends with a newline. Bytes are joined before decoding, so a character
+    split across frames is not mangled; undecodable bytes are replaced, never dropped.
+    """
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self._pending = bytearray()
+        self._first_ts: datetime | None = None
+
+    def feed(self, payload: bytes, ts: datetime) -> Iterator[OutputLine]:
+        if self._first_ts is None:
+            self._first_ts = ts
+        self._pending += payload
+        while (end := self._pending.find(b"\n")) >= 0:
+            raw = bytes(self._pending[:end])
+            del self._pending[: end + 1]
+            yield self._emit(raw, newline=True)
+            self._first_ts = ts if self._pending else None
+
+    def flush(self) -> Iterator[OutputLine]:
+        if self._pending:
+            raw = bytes(self._pending)
+            self._pending.clear()
+            yield self._emit(raw, newline=False)
+        self._first_ts = None
+
+    def _emit(self, raw: bytes, *, newline: bool) -> OutputLine:
+        assert self._first_ts is not None
+        text = raw.decode("utf-8", errors="replace")
+        return OutputLine(LogLine(self.stream, text, self._first_ts), newline=newline)
+
+
+@contextmanager
+def _translate(host: str, what: str) -> Iterator[None]:
+    """Map aiodocker and aiohttp errors to ours, in one place."""
+    try:
+        yield
+    except ContainerJobsError:
+        raise
+    except DockerError as exc:
+        if exc.status == 900:  # aiodocker's "cannot connect"
+            raise HostUnavailable(f"host {host!r} is unreachable while {what}: {exc.message}") from exc
+        raise ExecutorError(f"{what} on host {host!r} failed: {exc.message}") from exc
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise HostUnavailable(
+            f"host {host!r} is unreachable while {what}: {exc or type(exc).__name__}"
+        ) from exc
+
+
+class DockerExecutor:
+    """Runs jobs on one Docker daemon."""
+
+    def __init__(self, host: DockerHost, *, manager_id: str, policy: SecurityPolicy) -> None:
+        self._host = host
+        self._manager_id = manager_id
+        self._policy = policy
+        self._docker: aiodocker.Docker | None = None
+
+    @property
+    def name(self) -> str:
+        return self._host.name
+
+    @property
+    def host(self) -> DockerHost:
+        return self._host
+
+    # --- connection --------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._docker is not None:
+            return
+        limit = self._host.max_concurrent_jobs * _CONNECTIONS_PER_JOB + _SPARE_CONNECTIONS
+        url = self._host.url
+        connector: aiohttp.BaseConnector
+        if url.startswith("unix://"):
+            connector = aiohttp.UnixConnector(url[len("unix://") :], limit=limit)
+            url = "unix://localhost"  # aiodocker composes request URLs from it
+        elif self._host.tls is not None:
+            ssl_context = self._host.tls.ssl_context()
+            connector = aiohttp.TCPConnector(ssl=ssl_context, limit=limit)
+            url = "https://" + url.split("://", 1)[1]
+        else:
+            connector = aiohttp.TCPConnector(limit=limit)
+            url = "http://" + url.split("://", 1)[1]
+        # The connector is ours to close; aiodocker does not own a caller's connector.
+        self._connector = connector
+        self._docker = aiodocker.Docker(url=url, connector=connector, timeout=_CONTROL)
+
+    async def close(self) -> None:
+        docker, self._docker = self._docker, None
+        if docker is not None:
+            await docker.close()
+            await self._connector.close()
+
+    @property
+    def _client(self) -> aiodocker.Docker:
+        if self._docker is None:
+            raise ExecutorError(f"executor for host {self.name!r} is not open")
+        return self._docker
+
+    async def ping(self) -> None:
+        with _translate(self.name, "checking its health"):
+            async with self._client._query("_ping", versioned_api=False) as response:
+                await response.read()
+            # Resolve the API version now rather than on the first job's hot path.
+            await self._client._check_version()
+
+    # --- launch -------------------------------------------------------------------
+
+    def _container_config(self, job: Job) -> dict[str, Any]:
+        spec, policy = job.spec, self._policy
+        assert spec.memory_limit_mb is not None and spec.cpu_limit is not None
+        memory = spec.memory_limit_mb * 1024 * 1024
+        host_config: dict[str, Any] = {
+            "Memory": memory,
+            # Equal to Memory: no swap, so an over-limit job is OOM-killed, not slowed.
+            "MemorySwap": memory,
+            "NanoCpus": round(spec.cpu_limit * 1e9),
+            "Privileged": False,
+            "ReadonlyRootfs": policy.read_only_root,
+            # json-file keeps every line until we remove the container, whatever the
+            # daemon's default driver; the logs endpoint cannot read some drivers.
+            "LogConfig": {"Type": "json-file", "Config": {}},
+            "Mounts": [
+                {"Type": "bind", "Source": m.source, "Target": m.target, "ReadOnly": m.read_only}
+                for m in spec.mounts
+            ],
+        }
+        if policy.read_only_root:
+            host_config["Tmpfs"] = {
+                "/tmp": f"rw,nosuid,nodev,mode=1777,size={policy.tmpfs_size_mb}m"
+            }
+        if policy.drop_capabilities:
+            host_config["CapDrop"] = ["ALL"]
+        if policy.no_new_privileges:
+            host_config["SecurityOpt"] = ["no-new-privileges"]
+        if policy.pids_limit is not None:
+            host_config["PidsLimit"] = policy.pids_limit
+        config: dict[str, Any] = {
+            "Image": spec.image,
+            "Env": [f"{key}={value}" for key, value in spec.environment.items()],
+            "Labels": {
+                **spec.labels,
+                LABEL_JOB_ID: job.id,
+                LABEL_MANAGER: self._manager_id,
+                LABEL_ATTEMPT: str(job.attempts),
+            },
+            "Tty": False,
+            "OpenStdin": False,
+            "AttachStdin": False,
+            "HostConfig": host_config,
+        }
+        if isinstance(spec.command, str):
+            config["Cmd"] = ["/bin/sh", "-c", spec.command]
+        elif spec.command is not None:
+            config["Cmd"] = list(spec.command)
+        if spec.user is not None:
+            config["User"] = spec.user
+        if spec.working_directory is not None:
+            config["WorkingDir"] = spec.working_directory
+        if spec.networks:
+            host_config["NetworkMode"] = spec.networks[0].name
+            first = spec.networks[0]
+            # Before API 1.44 a create takes one endpoint; the rest are connected
+            # between create and start (see launch).
+            config["NetworkingConfig"] = {
+                "EndpointsConfig": {first.name: {"Aliases": list(first.aliases)}}
+            }
+        return config
+
+    async def launch(self, job: Job) -> str:
+        config = self._container_config(job)
+        name = f"cj-{job.id}-{job.attempts}"
+        if job.spec.pull_policy == "always":
+            await self._pull_or_raise(job.spec.image)
+        container_id: str | None = None
+        try:
+            container_id = await self._create(job, config, name)
+            for net in job.spec.networks[1:]:
+                with _translate(self.name, f"connecting job {job.id} to network {net.name!r}"):
+                    await self._client._query_json(
+                        f"networks/{net.name}/connect", method="POST",
+                        data=json.dumps({"Container": container_id,
+                                         "EndpointConfig": {"Aliases": list(net.aliases)}}),
+                    )
+            with _translate(self.name, f"starting the container of job {job.id}"):
+                await self._client._query_json(f"containers/{container_id}/start", method="POST")
+            return container_id
+        except BaseException:
+            # A failed or cancelled launch leaves nothing behind. The create may have
+            # reached the daemon even if we never saw its answer: look by label.
+            with anyio.CancelScope(shield=True):
+                await self._remove_quietly(container_id, job.id)
+            raise
+
+    async def _create(self, job: Job, config: dict[str, Any], name: str) -> str:
+        image = job.spec.image
+        for attempt in range(2):
+            try:
+                with _translate(self.name, f"creating the container of job {job.id}"):
+                    try:
+                        data = await self._client._query_json(
+                            "containers/create", method="POST", params={"name": name},
+                            data=json.dumps(config),
+                        )
+                        return str(data["Id"])
+                    except DockerError as exc:
+                        missing = exc.status == 404 and "image" in exc.message.lower()
+                        if not missing:
+                            raise
+                        if job.spec.pull_policy == "never":
+                            raise ImageNotFound(
+                                f"image {image!r} not found on host {self.name!r} and "
+                                f"pull_policy is 'never'"
+                            ) from exc
+                        if attempt == 1:
+                            raise ImageNotFound(
+                                f"image {image!r} is still missing on host {self.name!r} "
+                                f"after a successful pull"
+                            ) from exc
+            except ImageNotFound:
+                raise
+            await self._pull_or_raise(image)
+        raise AssertionError("unreachable")
+
+    # --- images -------------------------------------------------------------------
+
+    async def _pull_or_raise(self, image: str) -> None:
+        result = await self.pull(image)
+        if not result.ok:
+            raise ImageNotFound(result.error or f"pulling image {image!r} failed")
+
+    async def pull(self, image: str) -> PullResult:
+        ref = parse_image(image)
+        auth = self._host.registry_auth.get(ref.registry)
+        where = f"image {image!r} from registry {ref.registry!r}"
+        params = {"fromImage": image}
+        if ref.tag is None and ref.digest is None:
+            params["tag"] = "latest"  # without it the daemon pulls every tag
+        headers = {}
+        if auth is not None:
+            headers["X-Registry-Auth"] = compose_auth_header(
+                {"username": auth.username, "password": auth.password}, ref.registry
+            )
+        _log.info("image.pull", image=image, host=self.name, authenticated=auth is not None)
+        try:
+            with _translate(self.name, f"pulling {where}"):
+                async with self._client._query(
+                    "images/create", method="POST", params=params, headers=headers,
+                    timeout=_FOREVER,
+                ) as response:
+                    # Every message is checked: a refused pull still answers 200.
+                    async for raw in response.content:
+                        if not raw.strip():
+                            continue
+                        message = json.loads(raw)
+                        if "error" in message or "errorDetail" in message:
+                            detail = message.get("errorDetail", {}).get("message") or message.get(
+                                "error"
+                            )
+                            return PullResult(
+                                image, False,
+                                f"pulling {where} on host {self.name!r} failed: {detail}",
+                            )
+        except ExecutorError as exc:
+            return PullResult(image, False, str(exc))
+        return PullResult(image, True)
+
+    # --- running ------------------------------------------------------------------
+
+    async def logs(
+        self, container_id: str, *, since: datetime | None = None, follow: bool = True
+    ) -> AsyncIterator[OutputLine]:
+        params = {"stdout": "1", "stderr": "1", "timestamps": "1", "follow": "1" if follow else "0"}
+        if since is not None:
+            params["since"] = _docker_since(since)
+        decoders = {kind: _StreamDecoder(stream) for kind, stream in _STREAMS.items()}
+        # The daemon stamps each stream as it reads its pipe, so across streams a
+        # stamp can be a hair older than the one before it: never let time go back.
+        latest = datetime.min.replace(tzinfo=timezone.utc)
+        with _translate(self.name, f"reading the logs of container {container_id[:12]}"):
+            async with self._client._query(
+                f"containers/{container_id}/logs", params=params, timeout=_FOREVER
+            ) as response:
+                content = response.content
+                while True:
+                    # Multiplexed frames: 1 byte stream, 3 zero bytes, 4 bytes size.
+                    try:
+                        header = await content.readexactly(8)
+                        payload = await content.readexactly(int.from_bytes(header[4:], "big"))
+                    except EOFError:  # asyncio.IncompleteReadError: the stream ended
+                        break
+                    decoder = decoders.get(header[0])
+                    if decoder is None:
+                        continue
+                    # With timestamps=1 every frame starts with "<RFC 3339 time> ".
+                    stamp, _, body = payload.partition(b" ")
+                    ts = _parse_time(stamp.decode("ascii", "replace")) or datetime.now(timezone.utc)
+                    latest = ts = max(ts, latest)
+                    for line in decoder.feed(body, ts):
+                        yield line
+        for decoder in decoders.values():
+            for line in decoder.flush():
+                yield line
+
+    async def stats(self, container_id: str) -> AsyncIterator[ResourceSample]:
+        with _translate(self.name, f"reading the stats of container {container_id[:12]}"):
+            async with self._client._query(
+                f"containers/{container_id}/stats", params={"stream": "1"}, timeout=_FOREVER
+            ) as response:
+                async for raw in response.content:
+                    if not raw.strip():
+                        continue
+                    data = json.loads(raw)
+                    memory = data.get("memory_stats") or {}
+                    cpu = (data.get("cpu_stats") or {}).get("cpu_usage") or {}
+                    if not memory.get("usage") and not cpu.get("total_usage"):
+                        continue  # the empty reading of a container that has stopped
+                    yield ResourceSample(
+                        memory_bytes=int(memory.get("usage") or 0),
+                        memory_peak_bytes=memory.get("max_usage"),  # cgroup v1 only
+                        cpu_total_ns=int(cpu.get("total_usage") or 0),
+                        read_at=_parse_time(data.get("read") or ""),
+                    )
+
+    async def wait(self, container_id: str) -> ExitStatus:
+        with _translate(self.name, f"waiting for container {container_id[:12]}"):
+            await self._client._query_json(
+                f"containers/{container_id}/wait", method="POST", timeout=_FOREVER
+            )
+            info = await self._client._query_json(f"containers/{container_id}/json")
+        state = info.get("State") or {}
+        return ExitStatus(
+            exit_code=state.get("ExitCode"),
+            oom_killed=bool(state.get("OOMKilled")),
+            error=state.get("Error") or None,
+            finished_at=_parse_time(state.get("FinishedAt") or ""),
+        )
+
+    async def kill(self, container_id: str) -> None:
+        try:
+            with _translate(self.name, f"killing container {container_id[:12]}"):
+                await self._client._query_json(f"containers/{container_id}/kill", method="POST")
+        except ExecutorError as exc:
+            # 404: gone already; 409: not running. Either way it is stopped.
+            if not isinstance(exc.__cause__, DockerError) or exc.__cause__.status not in (404, 409):
+                raise
+
+    async def remove(self, container_id: str) -> None:
+        try:
+            with _translate(self.name, f"removing container {container_id[:12]}"):
+                async with self._client._query(
+                    f"containers/{container_id}", method="DELETE",
+                    params={"force": "1", "v": "1"},
+                ):
+                    pass
+        except ExecutorError as exc:
+            # 404: gone; 409: a removal is already in progress.
+            if not isinstance(exc.__cause__, DockerError) or exc.__cause__.status not in (404, 409):
+                raise
+
+    async def _remove_quietly(self, container_id: str | None, job_id: str) -> None:
+        try:
+            ids = [container_id] if container_id else [c.container_id for c in await self.find(job_id=job_id)]
+            for cid in ids:
+                await self.remove(cid)
+        except ContainerJobsError as exc:
+            _log.warning("container.cleanup_failed", job_id=job_id, host=self.name, error=str(exc))
+
+    async def find(self, *, job_id: str | None = None) -> list[ContainerInfo]:
+        label = LABEL_JOB_ID if job_id is None else f"{LABEL_JOB_ID}={job_id}"
+        with _translate(self.name, "listing containers"):
+            found = await self._client._query_json(
+                "containers/json", params={"all": "1", "filters": json.dumps({"label": [label]})}
+            )
+        return [
+            ContainerInfo(
+                container_id=item["Id"],
+                job_id=item["Labels"][LABEL_JOB_ID],
+                manager_id=item["Labels"].get(LABEL_MANAGER),
+                running=item.get("State") == "running",
+            )
+            for item in found
+        ]

@@ -1,0 +1,144 @@
+"""The `Storage` protocol: where jobs, their logs and environment templates live.
+
+A store is the single source of truth for a job's status. The manager never keeps a
+status only in memory: every change goes through `Storage.update`, a compare-and-set
+on the status the caller last saw, so two managers (or two tasks) racing on the same
+job cannot both win. Every backend must pass the contract suite in
+``tests/test_storage_contract.py``.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from .._models import EnvironmentTemplate, Job, JobStatus, LogLine
+
+
+@attrs.frozen
+class StoredLine:
+    """A log line with its place in the job's output.
+
+    `seq` counts from 0 per job and has no gaps: line ``n`` of a job's output (both
+    streams interleaved, in the order written) is stored with ``seq == n``.
+    """
+
+    seq: int
+    line: LogLine
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """A job store. All methods are coroutines safe to call from many tasks at once.
+
+    Errors of the underlying driver are raised as `StorageError`; an unknown job id
+    as `JobNotFound`; an unknown template name as `TemplateNotFound`.
+    """
+
+    @property
+    def persistent(self) -> bool:
+        """Whether records outlive the process (decides what the manager does on exit)."""
+        ...
+
+    async def open(self) -> None:
+        """Connect, create or migrate the schema. Called once by the manager."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections. Idempotent."""
+        ...
+
+    # --- jobs -------------------------------------------------------------------
+
+    async def create(self, jobs: Sequence[Job]) -> None:
+        """Store new jobs, all or none (one transaction)."""
+        ...
+
+    async def get(self, job_id: str) -> Job:
+        """The job's current record; `JobNotFound` when there is none."""
+        ...
+
+    async def list(
+        self,
+        *,
+        status: JobStatus | Sequence[JobStatus] | None = None,
+        host: str | None = None,
+        limit: int | None = 100,
+    ) -> list[Job]:
+        """Jobs, newest first (by `created_at`, then id), filtered by status and host."""
+        ...
+
+    async def pending(self, limit: int) -> builtins.list[Job]:
+        """Pending jobs in dispatch order: highest `spec.priority` first, then oldest."""
+        ...
+
+    async def update(self, job: Job, *, expected: JobStatus) -> bool:
+        """Write `job` whole, only if the stored status still is `expected`.
+
+        Returns whether the write happened. This is how every status change is made
+        atomic: claiming a pending job is ``update(job.advance(LAUNCHING, ...),
+        expected=PENDING)``; exactly one of several racing callers gets ``True``.
+        Raises `JobNotFound` when the job is gone.
+        """
+        ...
+
+    async def claim(self, job: Job, *, max_active: int) -> bool:
+        """Like `update` from PENDING, and only while fewer than `max_active` jobs are
+        launching or running on ``job.host``; both checks and the write are one atomic
+        step, so per-host limits hold across processes sharing the store."""
+        ...
+
+    async def count_active(self) -> dict[str, int]:
+        """How many jobs are launching or running, per host name."""
+        ...
+
+    async def count_by_status(self) -> dict[JobStatus, int]:
+        """How many jobs there are in each status (every status present, 0 included)."""
+        ...
+
+    async def delete(self, job_ids: Sequence[str]) -> int:
+        """Delete jobs and their logs; return how many jobs were deleted."""
+        ...
+
+    async def finished_before(self, when: datetime, limit: int | None = None) -> builtins.list[str]:
+        """Ids of terminal jobs completed before `when`."""
+        ...
+
+    # --- logs -------------------------------------------------------------------
+
+    async def append_logs(self, job_id: str, lines: Sequence[StoredLine]) -> None:
+        """Append lines; their `seq` continue the job's sequence with no gap. Writing a
+        `seq` that is already stored is ignored, so a retried write does not double."""
+        ...
+
+    async def read_logs(
+        self, job_id: str, *, after: int = -1, until: int | None = None, limit: int | None = None
+    ) -> builtins.list[StoredLine]:
+        """Stored lines with ``after < seq`` (and ``seq < until`` when given), in order."""
+        ...
+
+    async def log_count(self, job_id: str) -> int:
+        """How many lines are stored for the job (the next `seq` to write)."""
+        ...
+
+    # --- environment templates -------------------------------------------------
+
+    async def save_template(self, template: EnvironmentTemplate) -> None:
+        """Create or replace the template of that name."""
+        ...
+
+    async def get_template(self, name: str) -> EnvironmentTemplate:
+        """The template; `TemplateNotFound` when there is none."""
+        ...
+
+    async def list_templates(self) -> builtins.list[EnvironmentTemplate]:
+        """All templates, by name."""
+        ...
+
+    async def delete_template(self, name: str) -> None:
+        """Delete it; `TemplateNotFound` when there is none."""
+        ...
