@@ -1,0 +1,211 @@
+"""A fake container engine, for testing code that uses containerjobs without Docker.
+
+Hand a `FakeCluster` to the manager as its executor factory; every host then runs
+jobs in memory, as the behaviour you give says::
+
+    from containerjobs.testing import FakeCluster, FakeRun
+
+    cluster = FakeCluster(lambda job: FakeRun(stdout="hi\\n"))
+    async with JobManager(hosts=[DockerHost("a", "unix:///fake")],
+                          executor_factory=cluster) as manager:
+        job = await manager.run(JobSpec(image="alpine", command="anything"))
+        assert job.stdout == "hi\\n"
+
+The fake honours the manager's side of the contract (timeouts kill, cancel kills,
+logs end when the container exits, labels are kept) so the manager behaves as it
+would against Docker.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timezone
+
+import anyio
+import attrs
+
+from ._errors import ExecutorError, HostUnavailable
+from ._hosts import DockerHost
+from ._models import Job, LogLine, Stream
+from ._policy import SecurityPolicy
+from .executors._base import (
+    ContainerInfo,
+    ExitStatus,
+    OutputLine,
+    PullResult,
+    ResourceSample,
+)
+
+__all__ = ["FakeCluster", "FakeExecutor", "FakeRun"]
+
+
+@attrs.frozen
+class FakeRun:
+    """What a fake container does: print, run for a while, exit.
+
+    Args:
+        stdout: text printed on stdout at once.
+        stderr: text printed on stderr at once.
+        exit_code: how it exits.
+        duration: seconds it runs before exiting.
+        oom_killed: exit as if the memory limit killed it (exit code 137).
+        memory_bytes: the memory use its stats report.
+        launch_error: raised by launch instead of starting (an `ExecutorError` say).
+    """
+
+    stdout: str = ""
+    stderr: str = ""
+    exit_code: int = 0
+    duration: float = 0.0
+    oom_killed: bool = False
+    memory_bytes: int = 8 * 1024 * 1024
+    launch_error: Exception | None = None
+
+
+Behaviour = Callable[[Job], FakeRun]
+
+
+@attrs.define
+class _Container:
+    job: Job
+    run: FakeRun
+    lines: list[OutputLine]
+    exited: anyio.Event = attrs.Factory(anyio.Event)
+    status: ExitStatus | None = None
+
+
+def _lines(stream: Stream, text: str, now: datetime) -> list[OutputLine]:
+    parts = text.split("\n")
+    out = [OutputLine(LogLine(stream, part, now)) for part in parts[:-1]]
+    if parts[-1]:
+        out.append(OutputLine(LogLine(stream, parts[-1], now), newline=False))
+    return out
+
+
+class FakeExecutor:
+    """An in-memory engine for one host. Made by `FakeCluster`."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, host: DockerHost, manager_id: str, policy: SecurityPolicy,
+                 behaviour: Behaviour) -> None:
+        self._host = host
+        self._manager_id = manager_id
+        self._behaviour = behaviour
+        self.healthy = True
+        self.containers: dict[str, _Container] = {}
+        self.launched: list[Job] = []
+        self.running = 0
+        self.max_running = 0
+
+    @property
+    def name(self) -> str:
+        return self._host.name
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def ping(self) -> None:
+        if not self.healthy:
+            raise HostUnavailable(f"host {self.name!r} is down (fake)")
+
+    async def launch(self, job: Job) -> str:
+        await self.ping()
+        run = self._behaviour(job)
+        if run.launch_error is not None:
+            raise run.launch_error
+        container_id = f"fake{next(self._ids):012d}"
+        now = datetime.now(timezone.utc)
+        lines = _lines("stdout", run.stdout, now) + _lines("stderr", run.stderr, now)
+        container = self.containers[container_id] = _Container(job, run, lines)
+        self.launched.append(job)
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+
+        async def finish() -> None:
+            await anyio.sleep(run.duration)
+            self._exit(container, 137 if run.oom_killed else run.exit_code, run.oom_killed)
+
+        # The container runs on its own, like a real one: not in any caller's scope.
+        import asyncio
+
+        asyncio.get_running_loop().create_task(finish())
+        return container_id
+
+    def _exit(self, container: _Container, code: int, oom: bool = False) -> None:
+        if container.status is None:
+            container.status = ExitStatus(code, oom, None, datetime.now(timezone.utc))
+            self.running -= 1
+            container.exited.set()
+
+    def _get(self, container_id: str) -> _Container:
+        try:
+            return self.containers[container_id]
+        except KeyError:
+            raise ExecutorError(f"no container {container_id} on host {self.name!r}") from None
+
+    async def logs(self, container_id: str, *, since: datetime | None = None,
+                   follow: bool = True) -> AsyncIterator[OutputLine]:
+        container = self._get(container_id)
+        for line in container.lines:
+            if since is None or line.line.timestamp >= since:
+                yield line
+        if follow:
+            await container.exited.wait()
+
+    async def stats(self, container_id: str) -> AsyncIterator[ResourceSample]:
+        container = self._get(container_id)
+        while container.status is None:
+            yield ResourceSample(container.run.memory_bytes, None, 0,
+                                 datetime.now(timezone.utc))
+            with anyio.move_on_after(1.0):
+                await container.exited.wait()
+
+    async def wait(self, container_id: str) -> ExitStatus:
+        container = self._get(container_id)
+        await self.ping()
+        await container.exited.wait()
+        assert container.status is not None
+        return container.status
+
+    async def kill(self, container_id: str) -> None:
+        container = self.containers.get(container_id)
+        if container is not None:
+            self._exit(container, 137)
+
+    async def remove(self, container_id: str) -> None:
+        container = self.containers.pop(container_id, None)
+        if container is not None:
+            self._exit(container, 137)
+
+    async def find(self, *, job_id: str | None = None) -> list[ContainerInfo]:
+        return [
+            ContainerInfo(cid, c.job.id, self._manager_id, c.status is None)
+            for cid, c in self.containers.items()
+            if job_id is None or c.job.id == job_id
+        ]
+
+    async def pull(self, image: str) -> PullResult:
+        await self.ping()
+        return PullResult(image, True)
+
+
+class FakeCluster:
+    """An executor factory for `JobManager(executor_factory=...)` that makes a
+    `FakeExecutor` per host, all following `behaviour` (exit 0, no output, when None).
+    The executors are kept in `executors` by host name, to inspect or to take a host
+    down (``cluster.executors["a"].healthy = False``)."""
+
+    def __init__(self, behaviour: Behaviour | None = None) -> None:
+        self.behaviour: Behaviour = behaviour or (lambda job: FakeRun())
+        self.executors: dict[str, FakeExecutor] = {}
+
+    def __call__(self, host: DockerHost, manager_id: str,
+                 policy: SecurityPolicy) -> FakeExecutor:
+        executor = FakeExecutor(host, manager_id, policy, lambda job: self.behaviour(job))
+        self.executors[host.name] = executor
+        return executor

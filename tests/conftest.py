@@ -1,0 +1,110 @@
+"""Shared fixtures. Docker tests need the project's test bed (scripts/testbed up):
+when it is missing they fail, loudly, rather than skip."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+
+import containerjobs as cj
+
+TESTBED_ENV = Path(os.environ.get("CJ_TESTBED_ENV", "/var/lib/containerjobs-testbed/env"))
+LOCAL_SOCKET = "unix:///var/run/docker.sock"
+
+
+@attrs.frozen
+class Bed:
+    image: str
+    tls_url: str
+    cert_dir: Path
+    wrong_ca: Path
+    docker2_socket: str
+    registry: str
+    registry_image: str
+    registry_user: str
+    registry_password: str
+
+    def docker(self, *args: str, socket: str = LOCAL_SOCKET) -> str:
+        """Run the docker CLI against a daemon of the test bed; return its stdout."""
+        done = subprocess.run(
+            ["docker", "-H", socket, *args], capture_output=True, text=True, timeout=60
+        )
+        if done.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} failed: {done.stderr}")
+        return done.stdout
+
+    def labelled_containers(self, socket: str = LOCAL_SOCKET) -> list[str]:
+        out = self.docker("ps", "-aq", "--filter", "label=containerjobs.job_id", socket=socket)
+        return out.split()
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("export "):
+            key, _, value = line[len("export ") :].partition("=")
+            values[key] = shlex.split(value)[0] if value else ""
+    return values
+
+
+@pytest.fixture(scope="session")
+def testbed() -> Bed:
+    if not TESTBED_ENV.is_file():
+        pytest.fail(
+            f"the Docker test bed is missing ({TESTBED_ENV} not found): run scripts/testbed up",
+            pytrace=False,
+        )
+    env = _read_env(TESTBED_ENV)
+    bed = Bed(
+        image=env["CJ_TEST_IMAGE"],
+        tls_url=env["CJ_TLS_HOST"],
+        cert_dir=Path(env["CJ_TLS_CERT_DIR"]),
+        wrong_ca=Path(env["CJ_TLS_WRONG_CA"]),
+        docker2_socket=env["CJ_DOCKER2_SOCKET"],
+        registry=env["CJ_REGISTRY"],
+        registry_image=env["CJ_REGISTRY_IMAGE"],
+        registry_user=env["CJ_REGISTRY_USER"],
+        registry_password=env["CJ_REGISTRY_PASSWORD"],
+    )
+    try:
+        info = json.loads(bed.docker("info", "--format", "{{json .ServerVersion}}"))
+    except (AssertionError, OSError, subprocess.TimeoutExpired) as exc:
+        pytest.fail(f"the test bed's dockerd does not answer: {exc}; run scripts/testbed up",
+                    pytrace=False)
+    assert info, "dockerd answered without a version"
+    return bed
+
+
+@pytest.fixture
+def image(testbed: Bed) -> str:
+    return testbed.image
+
+
+@pytest.fixture
+def local_host(testbed: Bed) -> cj.DockerHost:
+    return cj.DockerHost("local", LOCAL_SOCKET, max_concurrent_jobs=8)
+
+
+@pytest.fixture
+def no_leftovers(testbed: Bed) -> Iterator[None]:
+    """Fail a test that leaves a labelled container behind on the local daemon."""
+    before = set(testbed.labelled_containers())
+    yield
+    left = set(testbed.labelled_containers()) - before
+    if left:
+        subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
+    assert not left, f"containers left behind: {sorted(left)}"
+
+
+@pytest.fixture
+async def manager(local_host: cj.DockerHost, no_leftovers: None) -> AsyncIterator[cj.JobManager]:
+    async with cj.JobManager(hosts=[local_host]) as manager:
+        yield manager
