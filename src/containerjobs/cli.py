@@ -1,0 +1,193 @@
+"""The ``containerjobs`` command.
+
+``containerjobs run IMAGE [COMMAND...]`` runs one job and streams its output live,
+stdout to stdout and stderr to stderr, then exits with the job's exit code (124 on
+timeout, 130 when cancelled, 125 when the job could not start, as ``timeout`` and
+``docker run`` do). The other commands read a job store (``--db``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import structlog
+
+from ._errors import ContainerJobsError
+from ._hosts import DockerHost
+from ._manager import JobManager
+from ._models import Job, JobSpec, JobStatus
+from .storage import InMemoryStorage, SQLiteStorage, Storage
+from .storage._codec import converter
+
+EXIT_TIMEOUT = 124
+EXIT_NOT_STARTED = 125
+EXIT_CANCELLED = 130
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="containerjobs", description="Run jobs as Docker containers, tracked."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log the library's lifecycle events to stderr")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def store_option(p: argparse.ArgumentParser, required: bool) -> None:
+        p.add_argument("--db", required=required, metavar="PATH",
+                       help="SQLite job store" + ("" if required else " (default: in memory)"))
+
+    run = commands.add_parser("run", help="run a job and stream its output")
+    run.add_argument("image")
+    run.add_argument("args", nargs=argparse.REMAINDER, metavar="COMMAND...",
+                     help="the command and its arguments, run without a shell "
+                          "(use: sh -c '...' for shell features)")
+    run.add_argument("--memory", type=int, metavar="MB", help="memory limit in MB")
+    run.add_argument("--cpus", type=float, help="CPU limit in cores")
+    run.add_argument("--timeout", type=float, metavar="SECONDS", help="kill after this long")
+    run.add_argument("-e", "--env", type=_key_value, action="append", default=[],
+                     metavar="KEY=VALUE", help="environment variable (repeatable)")
+    run.add_argument("--env-template", metavar="NAME", help="a stored environment template")
+    run.add_argument("--name", help="the job's name")
+    run.add_argument("--user", help="user[:group] inside the container")
+    run.add_argument("-w", "--workdir", help="working directory inside the container")
+    run.add_argument("--pull", choices=["if-not-present", "always", "never"],
+                     default="if-not-present", help="when to pull the image")
+    run.add_argument("--host", metavar="URL",
+                     help="Docker daemon (default: DOCKER_HOST, else the local socket)")
+    store_option(run, required=False)
+
+    jobs = commands.add_parser("jobs", help="list jobs, newest first")
+    jobs.add_argument("--status", choices=[s.value for s in JobStatus])
+    jobs.add_argument("--limit", type=int, default=20)
+    store_option(jobs, required=True)
+
+    for name, text in (("show", "print a job's record as JSON"),
+                       ("logs", "print a job's output"),
+                       ("cancel", "cancel a pending job (a running one needs its manager)")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("job_id")
+        if name == "logs":
+            sub.add_argument("--no-follow", action="store_true",
+                             help="print what is stored and stop")
+        store_option(sub, required=True)
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    # The job's own output owns stdout; the library speaks on stderr, and only when
+    # something is wrong unless asked.
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.INFO if verbose else logging.WARNING
+        ),
+    )
+
+
+def _storage(path: str | None) -> Storage:
+    return SQLiteStorage(path) if path else InMemoryStorage()
+
+
+def _exit_code(job: Job) -> int:
+    if job.status is JobStatus.COMPLETED:
+        return 0
+    if job.status is JobStatus.TIMEOUT:
+        return EXIT_TIMEOUT
+    if job.status is JobStatus.CANCELLED:
+        return EXIT_CANCELLED
+    if job.exit_code is None:
+        return EXIT_NOT_STARTED
+    return job.exit_code or 1
+
+
+async def _run(args: argparse.Namespace) -> int:
+    spec = JobSpec(
+        image=args.image,
+        command=list(args.args) or None,
+        name=args.name,
+        memory_limit_mb=args.memory,
+        cpu_limit=args.cpus,
+        timeout_seconds=args.timeout,
+        environment=dict(args.env),
+        environment_template=args.env_template,
+        user=args.user,
+        working_directory=args.workdir,
+        pull_policy=args.pull,
+    )
+    host = DockerHost("local", args.host) if args.host else DockerHost.from_env()
+    async with JobManager(hosts=[host], storage=_storage(args.db)) as manager:
+        health = (await manager.health())[host.name]
+        if not health.healthy:
+            print(f"containerjobs: {health.error}", file=sys.stderr)
+            return EXIT_NOT_STARTED
+        job = await manager.submit(spec)
+        async with anyio.create_task_group() as tg:
+
+            async def cancel_on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        await manager.cancel(job.id)
+
+            tg.start_soon(cancel_on_signal)
+            async for line in manager.logs(job.id):
+                out = sys.stdout if line.stream == "stdout" else sys.stderr
+                out.write(line.text + "\n")
+                out.flush()
+            tg.cancel_scope.cancel()
+        done = await manager.wait(job.id)
+    if done.status is not JobStatus.COMPLETED and done.error:
+        print(f"containerjobs: job {done.id} {done.status}: {done.error}", file=sys.stderr)
+    return _exit_code(done)
+
+
+async def _read(args: argparse.Namespace) -> int:
+    async with JobManager(hosts=[], storage=_storage(args.db)) as manager:
+        if args.command == "jobs":
+            for job in await manager.list_jobs(status=args.status, limit=args.limit):
+                print(f"{job.id}  {job.status:<9}  {job.created_at:%Y-%m-%d %H:%M:%S}  "
+                      f"{job.host or '-':<10}  {job.spec.image}  {job.name or ''}")
+        elif args.command == "show":
+            record: dict[str, Any] = converter.unstructure(await manager.get(args.job_id))
+            print(json.dumps(record, indent=2))
+        elif args.command == "logs":
+            async for line in manager.logs(args.job_id, follow=not args.no_follow):
+                out = sys.stdout if line.stream == "stdout" else sys.stderr
+                out.write(line.text + "\n")
+                out.flush()
+        elif args.command == "cancel":
+            job = await manager.get(args.job_id)
+            if job.status is not JobStatus.PENDING and not job.status.is_terminal:
+                print(f"containerjobs: job {job.id} is {job.status}; its manager will be asked "
+                      "to cancel it", file=sys.stderr)
+            print((await manager.cancel(args.job_id)).status)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        if args.command == "run":
+            return anyio.run(_run, args)
+        return anyio.run(_read, args)
+    except (ContainerJobsError, ValueError, TypeError) as exc:
+        print(f"containerjobs: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""The manager's own logic, on the FakeCluster of containerjobs.testing (no Docker)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+
+import containerjobs as cj
+from containerjobs.testing import FakeCluster, FakeRun
+
+
+def fake_hosts(*names: str, slots: int = 2) -> list[cj.DockerHost]:
+    return [cj.DockerHost(name, f"unix:///fake/{name}.sock", max_concurrent_jobs=slots)
+            for name in names]
+
+
+@pytest.fixture
+def cluster() -> FakeCluster:
+    return FakeCluster()
+
+
+@pytest.fixture
+async def manager(cluster: FakeCluster) -> AsyncIterator[cj.JobManager]:
+    async with cj.JobManager(hosts=fake_hosts("a"), executor_factory=cluster) as manager:
+        yield manager
+
+
+SPEC = cj.JobSpec(image="example/image:1", command="work")
+
+
+async def test_run_returns_the_finished_job(cluster: FakeCluster, manager: cj.JobManager) -> None:
+    cluster.behaviour = lambda job: FakeRun(stdout="out\n", stderr="err\n", duration=0.05)
+    job = await manager.run(SPEC)
+    assert (job.status, job.stdout, job.stderr, job.attempts) == (
+        cj.JobStatus.COMPLETED, "out\n", "err\n", 1)
+    assert job.owner == manager.id
+    assert job.max_memory_bytes == 8 * 1024 * 1024
+
+
+async def test_submit_applies_policy_defaults(manager: cj.JobManager) -> None:
+    job = await manager.submit(SPEC)
+    assert job.status is cj.JobStatus.PENDING
+    assert (job.spec.memory_limit_mb, job.spec.cpu_limit, job.spec.timeout_seconds) == (
+        512, 1.0, 3600.0)
+    assert job.spec.user == "65534:65534"
+
+
+async def test_launch_failure_fails_the_job(cluster: FakeCluster, manager: cj.JobManager) -> None:
+    cluster.behaviour = lambda job: FakeRun(launch_error=cj.ExecutorError("no such network"))
+    job = await manager.run(SPEC)
+    assert job.status is cj.JobStatus.FAILED
+    assert job.error == "no such network"
+
+
+async def test_timeout(cluster: FakeCluster, manager: cj.JobManager) -> None:
+    cluster.behaviour = lambda job: FakeRun(stdout="started\n", duration=60)
+    job = await manager.run(cj.JobSpec(image="x", timeout_seconds=0.2))
+    assert job.status is cj.JobStatus.TIMEOUT
+    assert job.stdout == "started\n"
+
+
+async def test_wait_timeout_leaves_the_job_running(cluster: FakeCluster,
+                                                   manager: cj.JobManager) -> None:
+    cluster.behaviour = lambda job: FakeRun(duration=60)
+    job = await manager.submit(SPEC)
+    with pytest.raises(TimeoutError):
+        await manager.wait(job.id, timeout=0.2)
+    assert (await manager.get(job.id)).status is cj.JobStatus.RUNNING
+    assert (await manager.cancel(job.id)).status is cj.JobStatus.CANCELLED
+
+
+async def test_never_more_than_max_concurrent_jobs(cluster: FakeCluster) -> None:
+    cluster.behaviour = lambda job: FakeRun(duration=0.05)
+    async with cj.JobManager(hosts=fake_hosts("a", "b", slots=2),
+                             executor_factory=cluster) as manager:
+        jobs = await manager.submit_many([SPEC] * 20)
+        for job in jobs:
+            assert (await manager.wait(job.id)).status is cj.JobStatus.COMPLETED
+    assert {name: e.max_running for name, e in cluster.executors.items()} == {"a": 2, "b": 2}
+    assert sum(len(e.launched) for e in cluster.executors.values()) == 20
+
+
+async def test_pinned_host_and_unknown_host(cluster: FakeCluster) -> None:
+    async with cj.JobManager(hosts=fake_hosts("a", "b"), executor_factory=cluster) as manager:
+        jobs = [await manager.run(cj.JobSpec(image="x", host="b")) for _ in range(3)]
+        assert {job.host for job in jobs} == {"b"}
+        with pytest.raises(cj.ContainerJobsError):
+            await manager.submit(cj.JobSpec(image="x", host="nowhere"))
+
+
+async def test_unhealthy_host_gets_no_jobs_until_it_recovers(cluster: FakeCluster) -> None:
+    async with cj.JobManager(hosts=fake_hosts("a"), executor_factory=cluster,
+                             health_interval=0.1) as manager:
+        cluster.executors["a"].healthy = False
+        health = await manager.health()
+        assert health["a"].healthy is False and health["a"].error
+        job = await manager.submit(SPEC)
+        await anyio.sleep(0.3)
+        assert (await manager.get(job.id)).status is cj.JobStatus.PENDING
+        cluster.executors["a"].healthy = True
+        assert (await manager.wait(job.id, timeout=5)).status is cj.JobStatus.COMPLETED
+
+
+async def test_submit_many_is_all_or_nothing(manager: cj.JobManager) -> None:
+    with pytest.raises(cj.PolicyViolation):
+        await manager.submit_many([SPEC, cj.JobSpec(image="x", cpu_limit=64)])
+    assert await manager.list_jobs() == []
+
+
+async def test_template_precedence_and_unknown_template(manager: cj.JobManager) -> None:
+    await manager.save_template(cj.EnvironmentTemplate("t", "A=1\nB=2"))
+    job = await manager.submit(
+        cj.JobSpec(image="x", environment_template="t", environment={"B": "3"}))
+    assert job.spec.environment == {"A": "1", "B": "3"}
+    with pytest.raises(cj.TemplateNotFound):
+        await manager.submit(cj.JobSpec(image="x", environment_template="missing"))
+    assert [j.id for j in await manager.list_jobs()] == [job.id]
+
+
+async def test_cancel_pending_and_terminal(cluster: FakeCluster) -> None:
+    cluster.behaviour = lambda job: FakeRun(duration=60)
+    async with cj.JobManager(hosts=fake_hosts("a", slots=1),
+                             executor_factory=cluster) as manager:
+        running, queued = await manager.submit_many([SPEC, SPEC])
+        cancelled = await manager.cancel(queued.id)
+        assert cancelled.status is cj.JobStatus.CANCELLED and cancelled.attempts == 0
+        assert await manager.cancel(queued.id) == cancelled
+        await manager.cancel(running.id)
+
+
+async def test_events_in_order(manager: cj.JobManager) -> None:
+    seen: list[tuple[cj.JobStatus, cj.JobStatus | None]] = []
+
+    async def collect() -> None:
+        async for event in manager.events():
+            seen.append((event.status, event.previous))
+            if event.status.is_terminal:
+                return
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(collect)
+        await anyio.sleep(0)
+        await manager.run(SPEC)
+    assert seen == [
+        (cj.JobStatus.PENDING, None),
+        (cj.JobStatus.LAUNCHING, cj.JobStatus.PENDING),
+        (cj.JobStatus.RUNNING, cj.JobStatus.LAUNCHING),
+        (cj.JobStatus.COMPLETED, cj.JobStatus.RUNNING),
+    ]
+
+
+async def test_logs_of_a_finished_job_and_follow_false(cluster: FakeCluster,
+                                                       manager: cj.JobManager) -> None:
+    cluster.behaviour = lambda job: FakeRun(stdout="a\nb\n", stderr="c\n")
+    job = await manager.run(SPEC)
+    lines = [(line.stream, line.text) async for line in manager.logs(job.id, follow=False)]
+    assert sorted(lines) == [("stderr", "c"), ("stdout", "a"), ("stdout", "b")]
+    with pytest.raises(cj.JobNotFound):
+        async for _ in manager.logs("nope"):
+            pass
+
+
+async def test_client_manager_stores_and_runs_nothing(cluster: FakeCluster) -> None:
+    async with cj.JobManager(hosts=[], executor_factory=cluster) as client:
+        job = await client.submit(SPEC)
+        await anyio.sleep(0.2)
+        assert (await client.get(job.id)).status is cj.JobStatus.PENDING
+        with pytest.raises(TimeoutError):
+            await client.wait(job.id, timeout=0.2)
+
+
+async def test_manager_cannot_be_reused(cluster: FakeCluster) -> None:
+    manager = cj.JobManager(hosts=fake_hosts("a"), executor_factory=cluster)
+    with pytest.raises(RuntimeError):
+        await manager.submit(SPEC)
+    async with manager:
+        pass
+    with pytest.raises(RuntimeError):
+        async with manager:
+            pass
+    with pytest.raises(RuntimeError):
+        await manager.get("x")
+
+
+async def test_leaving_cancels_running_jobs(cluster: FakeCluster) -> None:
+    cluster.behaviour = lambda job: FakeRun(duration=60)
+    storage = cj.InMemoryStorage()
+    async with cj.JobManager(hosts=fake_hosts("a"), executor_factory=cluster,
+                             storage=storage) as manager:
+        job = await manager.submit(SPEC)
+        while (await manager.get(job.id)).status is not cj.JobStatus.RUNNING:
+            await anyio.sleep(0.01)
+    assert cluster.executors["a"].containers == {}
+    assert cluster.executors["a"].running == 0
+
+
+async def test_summary_counts(cluster: FakeCluster, manager: cj.JobManager) -> None:
+    await manager.run(SPEC)
+    summary = await manager.summary()
+    assert summary["jobs"]["completed"] == 1
+    assert summary["slots_free"] == 2 and summary["slots_used"] == 0
+
+
+async def test_bad_constructor_arguments() -> None:
+    with pytest.raises(ValueError, match="unique"):
+        cj.JobManager(hosts=fake_hosts("a") + fake_hosts("a"))
+    with pytest.raises(ValueError, match="on_exit"):
+        cj.JobManager(hosts=[], on_exit="explode")  # type: ignore[arg-type]
