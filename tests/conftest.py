@@ -77,8 +77,9 @@ def testbed() -> Bed:
     try:
         info = json.loads(bed.docker("info", "--format", "{{json .ServerVersion}}"))
     except (AssertionError, OSError, subprocess.TimeoutExpired) as exc:
-        pytest.fail(f"the test bed's dockerd does not answer: {exc}; run scripts/testbed up",
-                    pytrace=False)
+        pytest.fail(
+            f"the test bed's dockerd does not answer: {exc}; run scripts/testbed up", pytrace=False
+        )
     assert info, "dockerd answered without a version"
     return bed
 
@@ -108,3 +109,19 @@ def no_leftovers(testbed: Bed) -> Iterator[None]:
 async def manager(local_host: cj.DockerHost, no_leftovers: None) -> AsyncIterator[cj.JobManager]:
     async with cj.JobManager(hosts=[local_host]) as manager:
         yield manager
+
+
+async def until_status(manager: cj.JobManager, job_id: str, status: cj.JobStatus) -> cj.Job:
+    """Wait, on the manager's events, until the job reaches `status`."""
+    events = manager.events()  # subscribed from this call on: no change slips by
+    try:
+        job = await manager.get(job_id)
+        while job.status is not status:
+            assert not job.status.is_terminal, f"job ended {job.status} before {status}"
+            async for event in events:
+                if event.job_id == job_id:
+                    break
+            job = await manager.get(job_id)
+        return job
+    finally:
+        await events.aclose()

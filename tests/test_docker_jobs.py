@@ -6,10 +6,11 @@ import time
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import containerjobs as cj
-from tests.conftest import Bed
+from tests.conftest import Bed, until_status
 
 pytestmark = pytest.mark.docker
 
@@ -63,7 +64,10 @@ async def test_stored_logs_keep_both_streams_in_order(manager: cj.JobManager, im
     job = await manager.run(cj.JobSpec(image=image, command=script))
     lines = [line async for line in manager.logs(job.id, follow=False)]
     assert [(line.stream, line.text) for line in lines] == [
-        ("stdout", "out1"), ("stderr", "err1"), ("stdout", "out2"), ("stderr", "err2")
+        ("stdout", "out1"),
+        ("stderr", "err1"),
+        ("stdout", "out2"),
+        ("stderr", "err2"),
     ]
     stamps = [line.timestamp for line in lines]
     assert all(stamp.tzinfo is not None for stamp in stamps)
@@ -102,8 +106,9 @@ async def test_cancel_running_job_removes_container(
     assert await manager.cancel(job.id) == cancelled
 
 
-async def test_cancel_pending_job_never_starts(local_host: cj.DockerHost, image: str,
-                                               no_leftovers: None) -> None:
+async def test_cancel_pending_job_never_starts(
+    local_host: cj.DockerHost, image: str, no_leftovers: None
+) -> None:
     host = cj.DockerHost("local", local_host.url, max_concurrent_jobs=1)
     async with cj.JobManager(hosts=[host]) as manager:
         first = await manager.submit(cj.JobSpec(image=image, command="sleep 30"))
@@ -125,10 +130,13 @@ async def test_out_of_memory_is_reported(manager: cj.JobManager, image: str) -> 
 
 async def test_memory_and_cpu_are_sampled(manager: cj.JobManager, image: str) -> None:
     hold = cj.JobSpec(
-        image=image, command="x=$(head -c 40000000 /dev/zero | tr '\\0' a); sleep 3; echo ${#x}",
+        image=image,
+        command="x=$(head -c 40000000 /dev/zero | tr '\\0' a); sleep 3; echo ${#x}",
         memory_limit_mb=256,
     )
-    busy = cj.JobSpec(image=image, command="end=$(($(date +%s)+3)); while [ $(date +%s) -lt $end ]; do :; done")
+    busy = cj.JobSpec(
+        image=image, command="end=$(($(date +%s)+3)); while [ $(date +%s) -lt $end ]; do :; done"
+    )
     held, burned = await manager.run(hold), await manager.run(busy)
     assert held.stdout == "40000000\n"
     assert held.max_memory_bytes is not None and held.max_memory_bytes >= 30 * 1024 * 1024
@@ -138,7 +146,8 @@ async def test_memory_and_cpu_are_sampled(manager: cj.JobManager, image: str) ->
 
 async def test_container_is_limited_and_hardened(manager: cj.JobManager, image: str) -> None:
     script = (
-        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max;"
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null"
+        " || cat /sys/fs/cgroup/memory.max;"
         "id -u; touch /rootfs-test 2>/dev/null && echo root-writable || echo root-readonly;"
         "touch /tmp/x && echo tmp-writable;"
         "grep -E '^(CapEff|NoNewPrivs)' /proc/self/status;"
@@ -160,8 +169,12 @@ async def test_container_is_limited_and_hardened(manager: cj.JobManager, image: 
 async def test_environment_wins_over_template(manager: cj.JobManager, image: str) -> None:
     await manager.save_template(cj.EnvironmentTemplate("base", "A=from-template\nB=kept\n"))
     job = await manager.run(
-        cj.JobSpec(image=image, command='echo "$A $B"', environment_template="base",
-                   environment={"A": "from-spec"})
+        cj.JobSpec(
+            image=image,
+            command='echo "$A $B"',
+            environment_template="base",
+            environment={"A": "from-spec"},
+        )
     )
     assert job.stdout == "from-spec kept\n"
 
@@ -200,9 +213,9 @@ async def test_twenty_thousand_lines_arrive_whole(manager: cj.JobManager, image:
 
 
 async def test_long_line_is_one_line(manager: cj.JobManager, image: str) -> None:
-    job = await manager.run(cj.JobSpec(
-        image=image, command="head -c 100000 /dev/zero | tr '\\0' x; echo; echo next"
-    ))
+    job = await manager.run(
+        cj.JobSpec(image=image, command="head -c 100000 /dev/zero | tr '\\0' x; echo; echo next")
+    )
     assert job.stdout == "x" * 100000 + "\nnext\n"
     stored = [line.text async for line in manager.logs(job.id, follow=False)]
     assert stored == ["x" * 100000, "next"]
@@ -233,18 +246,25 @@ async def test_events_follow_the_lifecycle(manager: cj.JobManager, image: str) -
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(collect)
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         await manager.run(cj.JobSpec(image=image, command="true"))
     assert [e.status for e in seen] == [
-        cj.JobStatus.PENDING, cj.JobStatus.LAUNCHING, cj.JobStatus.RUNNING, cj.JobStatus.COMPLETED
+        cj.JobStatus.PENDING,
+        cj.JobStatus.LAUNCHING,
+        cj.JobStatus.RUNNING,
+        cj.JobStatus.COMPLETED,
     ]
     assert [e.previous for e in seen] == [
-        None, cj.JobStatus.PENDING, cj.JobStatus.LAUNCHING, cj.JobStatus.RUNNING
+        None,
+        cj.JobStatus.PENDING,
+        cj.JobStatus.LAUNCHING,
+        cj.JobStatus.RUNNING,
     ]
 
 
-async def test_concurrency_limit_holds(local_host: cj.DockerHost, image: str,
-                                       no_leftovers: None) -> None:
+async def test_concurrency_limit_holds(
+    local_host: cj.DockerHost, image: str, no_leftovers: None
+) -> None:
     host = cj.DockerHost("local", local_host.url, max_concurrent_jobs=2)
     running = peak = 0
     async with cj.JobManager(hosts=[host]) as manager:
@@ -260,7 +280,7 @@ async def test_concurrency_limit_holds(local_host: cj.DockerHost, image: str,
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch)
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             jobs = await manager.submit_many(
                 [cj.JobSpec(image=image, command="sleep 1") for _ in range(6)]
             )
@@ -300,8 +320,6 @@ async def test_leaving_the_manager_cancels_running_jobs(
 ) -> None:
     async with cj.JobManager(hosts=[local_host]) as manager:
         job = await manager.submit(cj.JobSpec(image=image, command="sleep 60"))
-        while (await manager.get(job.id)).status is not cj.JobStatus.RUNNING:
-            await anyio.sleep(0.05)
+        await until_status(manager, job.id, cj.JobStatus.RUNNING)
     assert not testbed.labelled_containers()
     # The record says what happened, in a store that outlives the manager.
-

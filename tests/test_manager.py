@@ -5,15 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import containerjobs as cj
 from containerjobs.testing import FakeCluster, FakeRun
+from tests.conftest import until_status
 
 
 def fake_hosts(*names: str, slots: int = 2) -> list[cj.DockerHost]:
-    return [cj.DockerHost(name, f"unix:///fake/{name}.sock", max_concurrent_jobs=slots)
-            for name in names]
+    return [
+        cj.DockerHost(name, f"unix:///fake/{name}.sock", max_concurrent_jobs=slots)
+        for name in names
+    ]
 
 
 @pytest.fixture
@@ -34,7 +38,11 @@ async def test_run_returns_the_finished_job(cluster: FakeCluster, manager: cj.Jo
     cluster.behaviour = lambda job: FakeRun(stdout="out\n", stderr="err\n", duration=0.05)
     job = await manager.run(SPEC)
     assert (job.status, job.stdout, job.stderr, job.attempts) == (
-        cj.JobStatus.COMPLETED, "out\n", "err\n", 1)
+        cj.JobStatus.COMPLETED,
+        "out\n",
+        "err\n",
+        1,
+    )
     assert job.owner == manager.id
     assert job.max_memory_bytes == 8 * 1024 * 1024
 
@@ -43,7 +51,10 @@ async def test_submit_applies_policy_defaults(manager: cj.JobManager) -> None:
     job = await manager.submit(SPEC)
     assert job.status is cj.JobStatus.PENDING
     assert (job.spec.memory_limit_mb, job.spec.cpu_limit, job.spec.timeout_seconds) == (
-        512, 1.0, 3600.0)
+        512,
+        1.0,
+        3600.0,
+    )
     assert job.spec.user == "65534:65534"
 
 
@@ -61,8 +72,9 @@ async def test_timeout(cluster: FakeCluster, manager: cj.JobManager) -> None:
     assert job.stdout == "started\n"
 
 
-async def test_wait_timeout_leaves_the_job_running(cluster: FakeCluster,
-                                                   manager: cj.JobManager) -> None:
+async def test_wait_timeout_leaves_the_job_running(
+    cluster: FakeCluster, manager: cj.JobManager
+) -> None:
     cluster.behaviour = lambda job: FakeRun(duration=60)
     job = await manager.submit(SPEC)
     with pytest.raises(TimeoutError):
@@ -73,8 +85,9 @@ async def test_wait_timeout_leaves_the_job_running(cluster: FakeCluster,
 
 async def test_never_more_than_max_concurrent_jobs(cluster: FakeCluster) -> None:
     cluster.behaviour = lambda job: FakeRun(duration=0.05)
-    async with cj.JobManager(hosts=fake_hosts("a", "b", slots=2),
-                             executor_factory=cluster) as manager:
+    async with cj.JobManager(
+        hosts=fake_hosts("a", "b", slots=2), executor_factory=cluster
+    ) as manager:
         jobs = await manager.submit_many([SPEC] * 20)
         for job in jobs:
             assert (await manager.wait(job.id)).status is cj.JobStatus.COMPLETED
@@ -91,8 +104,9 @@ async def test_pinned_host_and_unknown_host(cluster: FakeCluster) -> None:
 
 
 async def test_unhealthy_host_gets_no_jobs_until_it_recovers(cluster: FakeCluster) -> None:
-    async with cj.JobManager(hosts=fake_hosts("a"), executor_factory=cluster,
-                             health_interval=0.1) as manager:
+    async with cj.JobManager(
+        hosts=fake_hosts("a"), executor_factory=cluster, health_interval=0.1
+    ) as manager:
         cluster.executors["a"].healthy = False
         health = await manager.health()
         assert health["a"].healthy is False and health["a"].error
@@ -112,7 +126,8 @@ async def test_submit_many_is_all_or_nothing(manager: cj.JobManager) -> None:
 async def test_template_precedence_and_unknown_template(manager: cj.JobManager) -> None:
     await manager.save_template(cj.EnvironmentTemplate("t", "A=1\nB=2"))
     job = await manager.submit(
-        cj.JobSpec(image="x", environment_template="t", environment={"B": "3"}))
+        cj.JobSpec(image="x", environment_template="t", environment={"B": "3"})
+    )
     assert job.spec.environment == {"A": "1", "B": "3"}
     with pytest.raises(cj.TemplateNotFound):
         await manager.submit(cj.JobSpec(image="x", environment_template="missing"))
@@ -121,8 +136,7 @@ async def test_template_precedence_and_unknown_template(manager: cj.JobManager) 
 
 async def test_cancel_pending_and_terminal(cluster: FakeCluster) -> None:
     cluster.behaviour = lambda job: FakeRun(duration=60)
-    async with cj.JobManager(hosts=fake_hosts("a", slots=1),
-                             executor_factory=cluster) as manager:
+    async with cj.JobManager(hosts=fake_hosts("a", slots=1), executor_factory=cluster) as manager:
         running, queued = await manager.submit_many([SPEC, SPEC])
         cancelled = await manager.cancel(queued.id)
         assert cancelled.status is cj.JobStatus.CANCELLED and cancelled.attempts == 0
@@ -141,7 +155,7 @@ async def test_events_in_order(manager: cj.JobManager) -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(collect)
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         await manager.run(SPEC)
     assert seen == [
         (cj.JobStatus.PENDING, None),
@@ -151,8 +165,9 @@ async def test_events_in_order(manager: cj.JobManager) -> None:
     ]
 
 
-async def test_logs_of_a_finished_job_and_follow_false(cluster: FakeCluster,
-                                                       manager: cj.JobManager) -> None:
+async def test_logs_of_a_finished_job_and_follow_false(
+    cluster: FakeCluster, manager: cj.JobManager
+) -> None:
     cluster.behaviour = lambda job: FakeRun(stdout="a\nb\n", stderr="c\n")
     job = await manager.run(SPEC)
     lines = [(line.stream, line.text) async for line in manager.logs(job.id, follow=False)]
@@ -187,11 +202,11 @@ async def test_manager_cannot_be_reused(cluster: FakeCluster) -> None:
 async def test_leaving_cancels_running_jobs(cluster: FakeCluster) -> None:
     cluster.behaviour = lambda job: FakeRun(duration=60)
     storage = cj.InMemoryStorage()
-    async with cj.JobManager(hosts=fake_hosts("a"), executor_factory=cluster,
-                             storage=storage) as manager:
+    async with cj.JobManager(
+        hosts=fake_hosts("a"), executor_factory=cluster, storage=storage
+    ) as manager:
         job = await manager.submit(SPEC)
-        while (await manager.get(job.id)).status is not cj.JobStatus.RUNNING:
-            await anyio.sleep(0.01)
+        await until_status(manager, job.id, cj.JobStatus.RUNNING)
     assert cluster.executors["a"].containers == {}
     assert cluster.executors["a"].running == 0
 

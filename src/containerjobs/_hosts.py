@@ -33,12 +33,8 @@ class TLSConfig:
     """
 
     ca_cert: Path | None = attrs.field(default=None, converter=attrs.converters.optional(_path))
-    client_cert: Path | None = attrs.field(
-        default=None, converter=attrs.converters.optional(_path)
-    )
-    client_key: Path | None = attrs.field(
-        default=None, converter=attrs.converters.optional(_path)
-    )
+    client_cert: Path | None = attrs.field(default=None, converter=attrs.converters.optional(_path))
+    client_key: Path | None = attrs.field(default=None, converter=attrs.converters.optional(_path))
     verify: bool = True
 
     @classmethod
@@ -53,9 +49,7 @@ class TLSConfig:
             if path is not None and not path.is_file():
                 raise HostUnavailable(f"TLS file {str(path)!r} does not exist")
         try:
-            context = ssl.create_default_context(
-                cafile=str(self.ca_cert) if self.ca_cert else None
-            )
+            context = ssl.create_default_context(cafile=str(self.ca_cert) if self.ca_cert else None)
             if not self.verify:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE

@@ -19,8 +19,12 @@ _FLUSH_LINES = 500  # a flush at least every this many lines...
 
 
 class LogHub:
-    def __init__(self, job_id: str, start_seq: int,
-                 store: Callable[[str, Sequence[StoredLine]], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        start_seq: int,
+        store: Callable[[str, Sequence[StoredLine]], Awaitable[None]],
+    ) -> None:
         self.job_id = job_id
         self.flushed = start_seq  # every seq below this is in the store
         self.buffer: list[StoredLine] = []  # seq flushed, flushed + 1, ...

@@ -15,13 +15,13 @@ import anyio
 import attrs
 import structlog
 from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._dispatch import HostLoad, HostSelectionStrategy, WeightedLeastLoaded
 from ._errors import (
     ContainerJobsError,
     HostUnavailable,
     InvalidJobSpec,
-    JobNotFound,
 )
 from ._hosts import DockerHost
 from ._logs import LogHub
@@ -37,7 +37,7 @@ from ._models import (
 )
 from ._policy import SecurityPolicy
 from .executors._base import Executor, ExitStatus, ResourceSample
-from .storage import InMemoryStorage, Storage, StoredLine
+from .storage import InMemoryStorage, Storage
 
 _log = structlog.get_logger("containerjobs")
 
@@ -61,7 +61,7 @@ def _default_executor(host: DockerHost, manager_id: str, policy: SecurityPolicy)
 class _HostState:
     host: DockerHost
     executor: Executor
-    health: HostHealth = HostHealth(False, None, "not checked yet")
+    health: HostHealth = attrs.Factory(lambda: HostHealth(False, None, "not checked yet"))
 
     @property
     def usable(self) -> bool:
@@ -97,7 +97,12 @@ class _Usage:
         first = self._first
         if first is None:
             self._first = sample
-        if first is not None and first.read_at and sample.read_at and sample.read_at > first.read_at:
+        if (
+            first is not None
+            and first.read_at
+            and sample.read_at
+            and sample.read_at > first.read_at
+        ):
             # Two readings on the engine's own clock: exact, whatever our clock says.
             span = (sample.read_at - first.read_at).total_seconds()
             used = sample.cpu_total_ns - first.cpu_total_ns
@@ -106,6 +111,43 @@ class _Usage:
             span = time.monotonic() - self.started
             if span > 0:
                 self.cpu_percent = sample.cpu_total_ns / 1e9 / span * 100
+
+
+class EventStream:
+    """The status changes of `JobManager.events`, subscribed when it was made."""
+
+    def __init__(
+        self, receive: MemoryObjectReceiveStream[JobEvent], unsubscribe: Callable[[], None]
+    ) -> None:
+        self._receive = receive
+        self._unsubscribe = unsubscribe
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> JobEvent:
+        try:
+            return await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            await self.aclose()
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._unsubscribe()
+        self._receive.close()
+
+    def __del__(self) -> None:
+        # A loop left with break or return never calls aclose: stop the flow here.
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 class _LostRace(Exception):
@@ -179,7 +221,7 @@ class JobManager:
         self._controls: dict[str, _Control] = {}
         self._hubs: dict[str, LogHub] = {}
         self._watchers: dict[str, anyio.Event] = {}
-        self._subscribers: list[anyio.abc.ObjectSendStream[JobEvent]] = []
+        self._subscribers: list[MemoryObjectSendStream[JobEvent]] = []
         self._log = _log.bind(manager=self.id)
 
     # --- life cycle ----------------------------------------------------------------
@@ -214,7 +256,9 @@ class JobManager:
         # be called from different tasks; every background task is inside it.
         self._runner = asyncio.get_running_loop().create_task(self._run(started))
         await started.wait()
-        self._log.info("manager.started", hosts=list(self._hosts), storage=type(self.storage).__name__)
+        self._log.info(
+            "manager.started", hosts=list(self._hosts), storage=type(self.storage).__name__
+        )
 
     async def _run(self, started: anyio.Event) -> None:
         try:
@@ -322,8 +366,9 @@ class JobManager:
         self._check_open()
         return await self.storage.get(job_id)
 
-    async def list_jobs(self, *, status: JobStatus | str | None = None,
-                        limit: int = 100) -> list[Job]:
+    async def list_jobs(
+        self, *, status: JobStatus | str | None = None, limit: int = 100
+    ) -> list[Job]:
         """Jobs, newest first, optionally of one status."""
         self._check_open()
         return await self.storage.list(
@@ -371,8 +416,9 @@ class JobManager:
                     await hub.changed()
                 continue
             until = hub.flushed if hub is not None else None
-            batch = await self.storage.read_logs(job_id, after=next_seq - 1, until=until,
-                                                 limit=1000)
+            batch = await self.storage.read_logs(
+                job_id, after=next_seq - 1, until=until, limit=1000
+            )
             if batch:
                 for stored in batch:
                     yield stored.line
@@ -391,19 +437,18 @@ class JobManager:
                 await changed.wait()
             delay = min(delay * 2, _MAX_POLL)
 
-    async def events(self) -> AsyncIterator[JobEvent]:
-        """Every status change from now on, as it is stored, until the manager closes."""
+    def events(self) -> EventStream:
+        """Every status change from this call on, as it is stored, until the manager
+        closes. Iterate it with ``async for``; `aclose` it to stop early."""
         self._check_open()
         send, receive = anyio.create_memory_object_stream[JobEvent](math.inf)
         self._subscribers.append(send)
-        try:
-            async with receive:
-                async for event in receive:
-                    yield event
-        finally:
-            with suppress(ValueError):
-                self._subscribers.remove(send)
-            send.close()
+        return EventStream(receive, lambda: self._unsubscribe(send))
+
+    def _unsubscribe(self, send: MemoryObjectSendStream[JobEvent]) -> None:
+        with suppress(ValueError):
+            self._subscribers.remove(send)
+        send.close()
 
     # --- control -------------------------------------------------------------------
 
@@ -450,7 +495,8 @@ class JobManager:
                 "running": active.get(name, 0),
                 "max_concurrent_jobs": state.host.max_concurrent_jobs,
                 "free": max(0, state.host.max_concurrent_jobs - active.get(name, 0))
-                if state.usable else 0,
+                if state.usable
+                else 0,
             }
             for name, state in self._hosts.items()
         }
@@ -552,7 +598,9 @@ class JobManager:
             if choice is None:
                 continue
             claimed = job.advance(
-                JobStatus.LAUNCHING, host=choice.host.name, owner=self.id,
+                JobStatus.LAUNCHING,
+                host=choice.host.name,
+                owner=self.id,
                 attempts=job.attempts + 1,
             )
             if not await self.storage.claim(claimed, max_active=choice.host.max_concurrent_jobs):
@@ -594,8 +642,7 @@ class JobManager:
         was = state.health.healthy
         state.health = health
         if health.healthy and not was:
-            self._log.info("host.healthy", host=state.host.name,
-                           response_time=health.response_time)
+            self._log.info("host.healthy", host=state.host.name, response_time=health.response_time)
             self._wake.set()
         elif not health.healthy and (was or state.health.error != health.error):
             self._log.warning("host.unhealthy", host=state.host.name, error=health.error)
@@ -624,8 +671,13 @@ class JobManager:
             if not job.status.is_terminal:
                 await self._advance(job, JobStatus.FAILED, error=error, completed_at=utcnow())
 
-    async def _execute(self, job: Job, state: _HostState, control: _Control,
-                       log: structlog.typing.FilteringBoundLogger) -> None:
+    async def _execute(
+        self,
+        job: Job,
+        state: _HostState,
+        control: _Control,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
         executor = state.executor
         log.info("job.launching", image=job.spec.image, attempt=job.attempts)
         try:
@@ -640,12 +692,14 @@ class JobManager:
             await self._advance(job, JobStatus.FAILED, error=str(exc), completed_at=utcnow())
             return
         log = log.bind(container_id=container_id[:12])
-        hub = self._hubs[job.id] = LogHub(job.id, await self.storage.log_count(job.id),
-                                          self.storage.append_logs)
+        hub = self._hubs[job.id] = LogHub(
+            job.id, await self.storage.log_count(job.id), self.storage.append_logs
+        )
         try:
             try:
-                job = await self._advance(job, JobStatus.RUNNING, container_id=container_id,
-                                          started_at=utcnow())
+                job = await self._advance(
+                    job, JobStatus.RUNNING, container_id=container_id, started_at=utcnow()
+                )
             except _LostRace:
                 # Cancelled while launching: the container must not outlive the job.
                 with anyio.CancelScope(shield=True):
@@ -657,9 +711,15 @@ class JobManager:
             hub.close()
             self._hubs.pop(job.id, None)
 
-    async def _watch_container(self, job: Job, executor: Executor, container_id: str,
-                               control: _Control, hub: LogHub,
-                               log: structlog.typing.FilteringBoundLogger) -> None:
+    async def _watch_container(
+        self,
+        job: Job,
+        executor: Executor,
+        container_id: str,
+        control: _Control,
+        hub: LogHub,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
         usage = _Usage()
         output = _Output()
         reason: str | None = None
@@ -679,6 +739,7 @@ class JobManager:
             try:
                 with anyio.move_on_after(timeout) as deadline:
                     async with anyio.create_task_group() as race:
+
                         async def first(step: Callable[[], Any]) -> None:
                             await step()
                             race.cancel_scope.cancel()
@@ -714,7 +775,8 @@ class JobManager:
                 log.warning("container.remove_failed", error=str(exc))
             status, error = self._outcome(job, reason, exit_status, failure, control)
             done = await self._advance(
-                job, status,
+                job,
+                status,
                 exit_code=exit_status.exit_code if exit_status else None,
                 oom_killed=bool(exit_status and exit_status.oom_killed),
                 error=error,
@@ -724,15 +786,26 @@ class JobManager:
                 max_memory_bytes=usage.peak_memory,
                 cpu_usage_percent=usage.cpu_percent,
             )
-            log.info("job.finished", status=str(done.status), exit_code=done.exit_code,
-                     duration=done.duration, error=done.error)
+            log.info(
+                "job.finished",
+                status=str(done.status),
+                exit_code=done.exit_code,
+                duration=done.duration,
+                error=done.error,
+            )
 
     @staticmethod
-    def _outcome(job: Job, reason: str | None, exit_status: ExitStatus | None,
-                 failure: str | None, control: _Control) -> tuple[JobStatus, str | None]:
+    def _outcome(
+        job: Job,
+        reason: str | None,
+        exit_status: ExitStatus | None,
+        failure: str | None,
+        control: _Control,
+    ) -> tuple[JobStatus, str | None]:
         if reason == "timeout":
             return JobStatus.TIMEOUT, (
-                f"timed out after {job.spec.timeout_seconds:g} s; the container was killed")
+                f"timed out after {job.spec.timeout_seconds:g} s; the container was killed"
+            )
         if reason == "cancel":
             return JobStatus.CANCELLED, control.reason
         if failure is not None or exit_status is None:
@@ -740,7 +813,8 @@ class JobManager:
         if exit_status.oom_killed:
             return JobStatus.FAILED, (
                 f"memory limit of {job.spec.memory_limit_mb} MB exceeded: "
-                f"the container was killed (OOM)")
+                f"the container was killed (OOM)"
+            )
         if exit_status.exit_code == 0:
             return JobStatus.COMPLETED, None
         detail = f": {exit_status.error}" if exit_status.error else ""
@@ -756,9 +830,15 @@ class JobManager:
                     await control.cancel.wait()
                     return
 
-    async def _pump_logs(self, executor: Executor, container_id: str, hub: LogHub,
-                         output: _Output, done: anyio.Event,
-                         log: structlog.typing.FilteringBoundLogger) -> None:
+    async def _pump_logs(
+        self,
+        executor: Executor,
+        container_id: str,
+        hub: LogHub,
+        output: _Output,
+        done: anyio.Event,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
         try:
             async for item in executor.logs(container_id):
                 output.add(item.line, item.newline)
@@ -771,8 +851,14 @@ class JobManager:
         finally:
             done.set()
 
-    async def _catch_up_logs(self, executor: Executor, container_id: str, hub: LogHub,
-                             output: _Output, log: structlog.typing.FilteringBoundLogger) -> None:
+    async def _catch_up_logs(
+        self,
+        executor: Executor,
+        container_id: str,
+        hub: LogHub,
+        output: _Output,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
         # Read again from the last timestamp seen, skipping the lines at that instant
         # we already have: the engine replays them in the same order.
         skip = output.seen_at_last
@@ -786,8 +872,13 @@ class JobManager:
         except ContainerJobsError as exc:
             log.error("logs.incomplete", error=str(exc))
 
-    async def _sample_stats(self, executor: Executor, container_id: str, usage: _Usage,
-                            log: structlog.typing.FilteringBoundLogger) -> None:
+    async def _sample_stats(
+        self,
+        executor: Executor,
+        container_id: str,
+        usage: _Usage,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
         try:
             async for sample in executor.stats(container_id):
                 usage.add(sample)

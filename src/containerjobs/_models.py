@@ -10,7 +10,7 @@ import enum
 import math
 import posixpath
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, Literal
 
@@ -27,7 +27,7 @@ Stream = Literal["stdout", "stderr"]
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class JobStatus(enum.StrEnum):
@@ -133,9 +133,7 @@ def _to_environment(value: object) -> dict[str, str]:
         _check_key("environment", key)
         _require("=" not in key, f"JobSpec.environment key {key!r} contains '='")
         if not isinstance(val, str):
-            raise TypeError(
-                f"JobSpec.environment[{key!r}] must be a str, not {type(val).__name__}"
-            )
+            raise TypeError(f"JobSpec.environment[{key!r}] must be a str, not {type(val).__name__}")
         # The value itself never goes into a message: it may be a secret.
         _require("\x00" not in val, f"JobSpec.environment[{key!r}] contains a NUL byte")
         env[key] = val
@@ -168,9 +166,7 @@ def _to_command(value: object) -> str | tuple[str, ...] | None:
         args = tuple(value)
         for arg in args:
             if not isinstance(arg, str):
-                raise TypeError(
-                    f"JobSpec.command items must be str, not {type(arg).__name__}"
-                )
+                raise TypeError(f"JobSpec.command items must be str, not {type(arg).__name__}")
             _require("\x00" not in arg, "JobSpec.command contains a NUL byte")
         _require(len(args) > 0, "JobSpec.command is an empty list")
         return args
@@ -221,9 +217,7 @@ class Mount:
     @target.validator
     def _check_target(self, _: attrs.Attribute[str], value: object) -> None:
         _absolute_path("Mount.target", value)
-        _require(
-            posixpath.normpath(str(value)) != "/", "Mount.target may not be the root folder"
-        )
+        _require(posixpath.normpath(str(value)) != "/", "Mount.target may not be the root folder")
 
 
 def _to_networks(value: object) -> tuple[NetworkAttachment, ...]:

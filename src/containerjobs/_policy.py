@@ -63,9 +63,7 @@ class SecurityPolicy:
     drop_capabilities: bool = True
     no_new_privileges: bool = True
     pids_limit: int | None = 256
-    allowed_registries: tuple[str, ...] | None = attrs.field(
-        default=None, converter=_tuple_or_none
-    )
+    allowed_registries: tuple[str, ...] | None = attrs.field(default=None, converter=_tuple_or_none)
     allowed_mount_sources: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
     def __attrs_post_init__(self) -> None:
@@ -82,17 +80,29 @@ class SecurityPolicy:
         spec's own, mount sources resolved. Raises `PolicyViolation` for what the
         policy refuses. Resolving mounts touches the file system: call it off the
         event loop when the spec has mounts."""
-        memory = self._limit("memory_limit_mb", spec.memory_limit_mb, self.default_memory_mb,
-                             self.max_memory_mb, "MB")
+        memory = self._limit(
+            "memory_limit_mb",
+            spec.memory_limit_mb,
+            self.default_memory_mb,
+            self.max_memory_mb,
+            "MB",
+        )
         cpu = self._limit("cpu_limit", spec.cpu_limit, self.default_cpu, self.max_cpu, "cores")
-        timeout = self._limit("timeout_seconds", spec.timeout_seconds,
-                              self.default_timeout_seconds, self.max_timeout_seconds, "s")
+        timeout = self._limit(
+            "timeout_seconds",
+            spec.timeout_seconds,
+            self.default_timeout_seconds,
+            self.max_timeout_seconds,
+            "s",
+        )
         user = spec.user if spec.user is not None else self.default_user
         if not self.allow_root and user.split(":", 1)[0].strip() in _ROOT_USERS:
             self._refuse("user", user, "the policy does not allow root (allow_root=False)")
         for network in spec.networks:
             if network.name == "host" or network.name.startswith("container:"):
-                self._refuse("networks", network.name, "host and shared network modes are never allowed")
+                self._refuse(
+                    "networks", network.name, "host and shared network modes are never allowed"
+                )
         self._check_registry(spec.image)
         mounts = tuple(self._check_mount(mount) for mount in spec.mounts)
         environment = {**(template or {}), **spec.environment}
@@ -106,8 +116,9 @@ class SecurityPolicy:
             mounts=mounts,
         )
 
-    def _limit(self, field: str, value: float | None, default: float, maximum: float,
-               unit: str) -> float:
+    def _limit(
+        self, field: str, value: float | None, default: float, maximum: float, unit: str
+    ) -> float:
         if value is None:
             return default
         if value > maximum:
@@ -122,8 +133,12 @@ class SecurityPolicy:
         if allowed & _DOCKER_HUB_ALIASES:
             allowed |= _DOCKER_HUB_ALIASES
         if registry not in allowed:
-            self._refuse("image", image, f"registry {registry!r} is not in allowed_registries "
-                         f"({', '.join(self.allowed_registries) or 'none'})")
+            self._refuse(
+                "image",
+                image,
+                f"registry {registry!r} is not in allowed_registries "
+                f"({', '.join(self.allowed_registries) or 'none'})",
+            )
 
     def _check_mount(self, mount: Mount) -> Mount:
         # Resolve symlinks and '..' first: the check must see where the mount really
@@ -137,16 +152,23 @@ class SecurityPolicy:
             # Refuse a forbidden folder, anything inside it, and any folder that holds
             # one (mounting /var would expose /var/run).
             if _within(source, forbidden) if forbidden != "/" else source == "/":
-                self._refuse("mounts", mount.source,
-                             f"it resolves to {source!r}, inside {forbidden!r}, which is never mounted")
+                self._refuse(
+                    "mounts",
+                    mount.source,
+                    f"it resolves to {source!r}, inside {forbidden!r}, which is never mounted",
+                )
             if forbidden != "/" and _within(forbidden, source):
-                self._refuse("mounts", mount.source,
-                             f"it resolves to {source!r}, which holds {forbidden!r}")
+                self._refuse(
+                    "mounts", mount.source, f"it resolves to {source!r}, which holds {forbidden!r}"
+                )
         allowed = [os.path.realpath(folder) for folder in self.allowed_mount_sources]
         if not any(_within(source, folder) for folder in allowed):
-            self._refuse("mounts", mount.source,
-                         f"it resolves to {source!r}, outside allowed_mount_sources "
-                         f"({', '.join(self.allowed_mount_sources) or 'none set'})")
+            self._refuse(
+                "mounts",
+                mount.source,
+                f"it resolves to {source!r}, outside allowed_mount_sources "
+                f"({', '.join(self.allowed_mount_sources) or 'none set'})",
+            )
         return attrs.evolve(mount, source=source)
 
     @staticmethod

@@ -42,32 +42,53 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="containerjobs", description="Run jobs as Docker containers, tracked."
     )
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log the library's lifecycle events to stderr")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log the library's lifecycle events to stderr"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     def store_option(p: argparse.ArgumentParser, required: bool) -> None:
-        p.add_argument("--db", required=required, metavar="PATH",
-                       help="SQLite job store" + ("" if required else " (default: in memory)"))
+        p.add_argument(
+            "--db",
+            required=required,
+            metavar="PATH",
+            help="SQLite job store" + ("" if required else " (default: in memory)"),
+        )
 
     run = commands.add_parser("run", help="run a job and stream its output")
     run.add_argument("image")
-    run.add_argument("args", nargs=argparse.REMAINDER, metavar="COMMAND...",
-                     help="the command and its arguments, run without a shell "
-                          "(use: sh -c '...' for shell features)")
+    run.add_argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        metavar="COMMAND...",
+        help="the command and its arguments, run without a shell "
+        "(use: sh -c '...' for shell features)",
+    )
     run.add_argument("--memory", type=int, metavar="MB", help="memory limit in MB")
     run.add_argument("--cpus", type=float, help="CPU limit in cores")
     run.add_argument("--timeout", type=float, metavar="SECONDS", help="kill after this long")
-    run.add_argument("-e", "--env", type=_key_value, action="append", default=[],
-                     metavar="KEY=VALUE", help="environment variable (repeatable)")
+    run.add_argument(
+        "-e",
+        "--env",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment variable (repeatable)",
+    )
     run.add_argument("--env-template", metavar="NAME", help="a stored environment template")
     run.add_argument("--name", help="the job's name")
     run.add_argument("--user", help="user[:group] inside the container")
     run.add_argument("-w", "--workdir", help="working directory inside the container")
-    run.add_argument("--pull", choices=["if-not-present", "always", "never"],
-                     default="if-not-present", help="when to pull the image")
-    run.add_argument("--host", metavar="URL",
-                     help="Docker daemon (default: DOCKER_HOST, else the local socket)")
+    run.add_argument(
+        "--pull",
+        choices=["if-not-present", "always", "never"],
+        default="if-not-present",
+        help="when to pull the image",
+    )
+    run.add_argument(
+        "--host", metavar="URL", help="Docker daemon (default: DOCKER_HOST, else the local socket)"
+    )
     store_option(run, required=False)
 
     jobs = commands.add_parser("jobs", help="list jobs, newest first")
@@ -75,14 +96,17 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("--limit", type=int, default=20)
     store_option(jobs, required=True)
 
-    for name, text in (("show", "print a job's record as JSON"),
-                       ("logs", "print a job's output"),
-                       ("cancel", "cancel a pending job (a running one needs its manager)")):
+    for name, text in (
+        ("show", "print a job's record as JSON"),
+        ("logs", "print a job's output"),
+        ("cancel", "cancel a pending job (a running one needs its manager)"),
+    ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("job_id")
         if name == "logs":
-            sub.add_argument("--no-follow", action="store_true",
-                             help="print what is stored and stop")
+            sub.add_argument(
+                "--no-follow", action="store_true", help="print what is stored and stop"
+            )
         store_option(sub, required=True)
     return parser
 
@@ -158,8 +182,10 @@ async def _read(args: argparse.Namespace) -> int:
     async with JobManager(hosts=[], storage=_storage(args.db)) as manager:
         if args.command == "jobs":
             for job in await manager.list_jobs(status=args.status, limit=args.limit):
-                print(f"{job.id}  {job.status:<9}  {job.created_at:%Y-%m-%d %H:%M:%S}  "
-                      f"{job.host or '-':<10}  {job.spec.image}  {job.name or ''}")
+                print(
+                    f"{job.id}  {job.status:<9}  {job.created_at:%Y-%m-%d %H:%M:%S}  "
+                    f"{job.host or '-':<10}  {job.spec.image}  {job.name or ''}"
+                )
         elif args.command == "show":
             record: dict[str, Any] = converter.unstructure(await manager.get(args.job_id))
             print(json.dumps(record, indent=2))
@@ -171,8 +197,11 @@ async def _read(args: argparse.Namespace) -> int:
         elif args.command == "cancel":
             job = await manager.get(args.job_id)
             if job.status is not JobStatus.PENDING and not job.status.is_terminal:
-                print(f"containerjobs: job {job.id} is {job.status}; its manager will be asked "
-                      "to cancel it", file=sys.stderr)
+                print(
+                    f"containerjobs: job {job.id} is {job.status}; its manager will be asked "
+                    "to cancel it",
+                    file=sys.stderr,
+                )
             print((await manager.cancel(args.job_id)).status)
     return 0
 

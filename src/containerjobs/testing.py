@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import anyio
 import attrs
@@ -88,8 +88,9 @@ class FakeExecutor:
 
     _ids = itertools.count(1)
 
-    def __init__(self, host: DockerHost, manager_id: str, policy: SecurityPolicy,
-                 behaviour: Behaviour) -> None:
+    def __init__(
+        self, host: DockerHost, manager_id: str, policy: SecurityPolicy, behaviour: Behaviour
+    ) -> None:
         self._host = host
         self._manager_id = manager_id
         self._behaviour = behaviour
@@ -119,7 +120,7 @@ class FakeExecutor:
         if run.launch_error is not None:
             raise run.launch_error
         container_id = f"fake{next(self._ids):012d}"
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         lines = _lines("stdout", run.stdout, now) + _lines("stderr", run.stderr, now)
         container = self.containers[container_id] = _Container(job, run, lines)
         self.launched.append(job)
@@ -138,7 +139,7 @@ class FakeExecutor:
 
     def _exit(self, container: _Container, code: int, oom: bool = False) -> None:
         if container.status is None:
-            container.status = ExitStatus(code, oom, None, datetime.now(timezone.utc))
+            container.status = ExitStatus(code, oom, None, datetime.now(UTC))
             self.running -= 1
             container.exited.set()
 
@@ -148,8 +149,9 @@ class FakeExecutor:
         except KeyError:
             raise ExecutorError(f"no container {container_id} on host {self.name!r}") from None
 
-    async def logs(self, container_id: str, *, since: datetime | None = None,
-                   follow: bool = True) -> AsyncIterator[OutputLine]:
+    async def logs(
+        self, container_id: str, *, since: datetime | None = None, follow: bool = True
+    ) -> AsyncIterator[OutputLine]:
         container = self._get(container_id)
         for line in container.lines:
             if since is None or line.line.timestamp >= since:
@@ -160,8 +162,7 @@ class FakeExecutor:
     async def stats(self, container_id: str) -> AsyncIterator[ResourceSample]:
         container = self._get(container_id)
         while container.status is None:
-            yield ResourceSample(container.run.memory_bytes, None, 0,
-                                 datetime.now(timezone.utc))
+            yield ResourceSample(container.run.memory_bytes, None, 0, datetime.now(UTC))
             with anyio.move_on_after(1.0):
                 await container.exited.wait()
 
@@ -204,8 +205,7 @@ class FakeCluster:
         self.behaviour: Behaviour = behaviour or (lambda job: FakeRun())
         self.executors: dict[str, FakeExecutor] = {}
 
-    def __call__(self, host: DockerHost, manager_id: str,
-                 policy: SecurityPolicy) -> FakeExecutor:
+    def __call__(self, host: DockerHost, manager_id: str, policy: SecurityPolicy) -> FakeExecutor:
         executor = FakeExecutor(host, manager_id, policy, lambda job: self.behaviour(job))
         self.executors[host.name] = executor
         return executor

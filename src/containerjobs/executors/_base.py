@@ -150,4 +150,3 @@ class Executor(Protocol):
     async def pull(self, image: str) -> PullResult:
         """Pull `image` with the host's registry credentials."""
         ...
-

@@ -20,7 +20,7 @@ import json
 import math
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import aiodocker
@@ -71,7 +71,7 @@ def _parse_time(text: str) -> datetime | None:
             break
     main, _, fraction = text.partition(".")
     fraction = (fraction + "000000")[:6]
-    return datetime.fromisoformat(f"{main}.{fraction}{offset}").astimezone(timezone.utc)
+    return datetime.fromisoformat(f"{main}.{fraction}{offset}").astimezone(UTC)
 
 
 def _docker_since(when: datetime) -> str:
@@ -127,7 +127,9 @@ def _translate(host: str, what: str) -> Iterator[None]:
         raise
     except DockerError as exc:
         if exc.status == 900:  # aiodocker's "cannot connect"
-            raise HostUnavailable(f"host {host!r} is unreachable while {what}: {exc.message}") from exc
+            raise HostUnavailable(
+                f"host {host!r} is unreachable while {what}: {exc.message}"
+            ) from exc
         raise ExecutorError(f"{what} on host {host!r} failed: {exc.message}") from exc
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise HostUnavailable(
@@ -267,9 +269,14 @@ class DockerExecutor:
             for net in job.spec.networks[1:]:
                 with _translate(self.name, f"connecting job {job.id} to network {net.name!r}"):
                     await self._client._query_json(
-                        f"networks/{net.name}/connect", method="POST",
-                        data=json.dumps({"Container": container_id,
-                                         "EndpointConfig": {"Aliases": list(net.aliases)}}),
+                        f"networks/{net.name}/connect",
+                        method="POST",
+                        data=json.dumps(
+                            {
+                                "Container": container_id,
+                                "EndpointConfig": {"Aliases": list(net.aliases)},
+                            }
+                        ),
                     )
             with _translate(self.name, f"starting the container of job {job.id}"):
                 await self._client._query_json(f"containers/{container_id}/start", method="POST")
@@ -288,7 +295,9 @@ class DockerExecutor:
                 with _translate(self.name, f"creating the container of job {job.id}"):
                     try:
                         data = await self._client._query_json(
-                            "containers/create", method="POST", params={"name": name},
+                            "containers/create",
+                            method="POST",
+                            params={"name": name},
                             data=json.dumps(config),
                         )
                         return str(data["Id"])
@@ -334,7 +343,10 @@ class DockerExecutor:
         try:
             with _translate(self.name, f"pulling {where}"):
                 async with self._client._query(
-                    "images/create", method="POST", params=params, headers=headers,
+                    "images/create",
+                    method="POST",
+                    params=params,
+                    headers=headers,
                     timeout=_FOREVER,
                 ) as response:
                     # Every message is checked: a refused pull still answers 200.
@@ -347,7 +359,8 @@ class DockerExecutor:
                                 "error"
                             )
                             return PullResult(
-                                image, False,
+                                image,
+                                False,
                                 f"pulling {where} on host {self.name!r} failed: {detail}",
                             )
         except ExecutorError as exc:
@@ -365,7 +378,7 @@ class DockerExecutor:
         decoders = {kind: _StreamDecoder(stream) for kind, stream in _STREAMS.items()}
         # The daemon stamps each stream as it reads its pipe, so across streams a
         # stamp can be a hair older than the one before it: never let time go back.
-        latest = datetime.min.replace(tzinfo=timezone.utc)
+        latest = datetime.min.replace(tzinfo=UTC)
         with _translate(self.name, f"reading the logs of container {container_id[:12]}"):
             async with self._client._query(
                 f"containers/{container_id}/logs", params=params, timeout=_FOREVER
@@ -383,7 +396,7 @@ class DockerExecutor:
                         continue
                     # With timestamps=1 every frame starts with "<RFC 3339 time> ".
                     stamp, _, body = payload.partition(b" ")
-                    ts = _parse_time(stamp.decode("ascii", "replace")) or datetime.now(timezone.utc)
+                    ts = _parse_time(stamp.decode("ascii", "replace")) or datetime.now(UTC)
                     latest = ts = max(ts, latest)
                     for line in decoder.feed(body, ts):
                         yield line
@@ -438,7 +451,8 @@ class DockerExecutor:
         try:
             with _translate(self.name, f"removing container {container_id[:12]}"):
                 async with self._client._query(
-                    f"containers/{container_id}", method="DELETE",
+                    f"containers/{container_id}",
+                    method="DELETE",
                     params={"force": "1", "v": "1"},
                 ):
                     pass
@@ -449,7 +463,11 @@ class DockerExecutor:
 
     async def _remove_quietly(self, container_id: str | None, job_id: str) -> None:
         try:
-            ids = [container_id] if container_id else [c.container_id for c in await self.find(job_id=job_id)]
+            ids = (
+                [container_id]
+                if container_id
+                else [c.container_id for c in await self.find(job_id=job_id)]
+            )
             for cid in ids:
                 await self.remove(cid)
         except ContainerJobsError as exc:
