@@ -67,6 +67,7 @@ __all__ = [
     "Storage",
     "StorageError",
     "TLSConfig",
+    "TemplateNotFound",
     "WeightedLeastLoaded",
     "WeightedRandom",
 ]
