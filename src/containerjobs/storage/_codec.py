@@ -1,0 +1,138 @@
+"""What every storage backend shares: records to JSON and back, and argument checks.
+
+One cattrs converter knows the few types that need help; everything else (the attrs
+records, their tuples and dicts) it walks by itself, so a field added to `Job` or
+`JobSpec` is stored without touching this module.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import cattrs
+
+from .._errors import StorageError
+from .._models import Job, JobStatus
+from ._base import StoredLine
+
+__all__ = [
+    "as_utc",
+    "check_limit",
+    "check_log_sequence",
+    "converter",
+    "dump_job",
+    "format_datetime",
+    "load_job",
+    "parse_datetime",
+    "status_filter",
+]
+
+# The declared type of `JobSpec.command`, spelled the same so the hooks match it.
+Command = str | tuple[str, ...] | None
+
+
+def as_utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        # Guessing a zone would silently move the instant; the library only makes
+        # aware UTC datetimes, so a naive one is a bug upstream.
+        raise ValueError(f"cannot store the naive datetime {value.isoformat()}: give it a tzinfo")
+    return value.astimezone(UTC)
+
+
+def format_datetime(value: datetime) -> str:
+    # Fixed width (zero-padded year, always microseconds, always +00:00), so the text
+    # sorts like the instant it names: SQL can ORDER BY and compare it as a string.
+    return as_utc(value).isoformat(timespec="microseconds")
+
+
+def parse_datetime(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        # Only a hand-edited row can get here: read it as UTC like everything else.
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _unstructure_command(value: Command) -> str | list[str] | None:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _structure_command(value: Any, _: Any) -> Command:
+    # JSON has no tuple: a list came back from one, a str stays the shell form.
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return tuple(value)
+    raise ValueError(f"a stored command must be a str, a list or null, not {value!r}")
+
+
+def _make_converter() -> cattrs.Converter:
+    # Extra keys are ignored on purpose: a record written by a newer version with a
+    # field this one does not know still loads (and a missing field takes its default).
+    conv = cattrs.Converter(forbid_extra_keys=False)
+    conv.register_unstructure_hook(datetime, format_datetime)
+    conv.register_structure_hook(datetime, lambda value, _: parse_datetime(value))
+    conv.register_unstructure_hook(JobStatus, lambda status: status.value)
+    conv.register_structure_hook(JobStatus, lambda value, _: JobStatus(value))
+    conv.register_unstructure_hook(Command, _unstructure_command)
+    conv.register_structure_hook(Command, _structure_command)
+    return conv
+
+
+converter = _make_converter()
+
+
+def dump_job(job: Job) -> str:
+    # ensure_ascii keeps lone surrogates (which UTF-8 cannot encode) storable as \u
+    # escapes; compact separators because a store holds many of these.
+    return json.dumps(converter.unstructure(job), separators=(",", ":"))
+
+
+def load_job(text: str) -> Job:
+    try:
+        return converter.structure(json.loads(text), Job)
+    except (ValueError, TypeError, cattrs.BaseValidationError) as exc:
+        # A record that no longer loads (edited by hand, or refused by a stricter
+        # validator than the one that wrote it) is a failure of the store to read.
+        raise StorageError(f"a stored job record cannot be read: {exc!r}") from exc
+
+
+# --- argument checks every backend makes the same way -------------------------------
+
+
+def check_limit(limit: int | None) -> None:
+    # SQL reads LIMIT -1 as "no limit" and a slice reads it as "all but one": refuse it
+    # everywhere so backends cannot disagree.
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0 or None, got {limit}")
+
+
+def check_log_sequence(job_id: str, lines: Sequence[StoredLine], *, next_seq: int) -> None:
+    # A gap would make log_count (the next seq) lie and a follower wait forever for the
+    # missing line, so it is refused before anything is written. Overlap with what is
+    # stored is fine: that is a retried write, and the stored lines win.
+    if not lines:
+        return
+    first = lines[0].seq
+    for offset, line in enumerate(lines):
+        if line.seq != first + offset:
+            raise ValueError(
+                f"log lines of job {job_id!r} must have consecutive seq, "
+                f"got {line.seq} after {first + offset - 1}"
+            )
+    if first < 0 or first > next_seq:
+        raise ValueError(
+            f"log lines of job {job_id!r} must continue at seq {next_seq}, got {first}"
+        )
+
+
+def status_filter(status: JobStatus | Sequence[JobStatus] | None) -> frozenset[JobStatus] | None:
+    if status is None:
+        return None
+    # A JobStatus is a str and so a Sequence too: test for it first.
+    if isinstance(status, JobStatus):
+        return frozenset({status})
+    return frozenset(status)

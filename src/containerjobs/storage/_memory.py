@@ -1,0 +1,213 @@
+"""`InMemoryStorage`: dictionaries in the process, gone when it exits."""
+
+from __future__ import annotations
+
+import builtins
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime
+
+from anyio.lowlevel import checkpoint
+
+from .._errors import JobNotFound, StorageError, TemplateNotFound
+from .._models import EnvironmentTemplate, Job, JobStatus
+from ._base import StoredLine
+from ._codec import as_utc, check_limit, check_log_sequence, status_filter
+
+__all__ = ["InMemoryStorage"]
+
+_ACTIVE = frozenset({JobStatus.LAUNCHING, JobStatus.RUNNING})
+
+
+def _newest_first(job: Job) -> tuple[datetime, str]:
+    return (job.created_at, job.id)
+
+
+class InMemoryStorage:
+    # Every method does its reading and writing with no await in between: on one
+    # event loop that makes each call atomic with no lock. Each method starts with a
+    # checkpoint so it still yields (and can be cancelled) like a real store does,
+    # which keeps the races that a real store has visible in tests that use this one.
+    #
+    # Records are kept as the frozen objects they are, not copies.
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+        # Index in the list == seq, which the no-gap rule of append_logs guarantees.
+        self._logs: dict[str, builtins.list[StoredLine]] = {}
+        self._templates: dict[str, EnvironmentTemplate] = {}
+
+    @property
+    def persistent(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"InMemoryStorage(jobs={len(self._jobs)})"
+
+    async def open(self) -> None:
+        await checkpoint()
+
+    async def close(self) -> None:
+        # Records stay: a script may still read them after the manager has closed.
+        await checkpoint()
+
+    # --- jobs -----------------------------------------------------------------------
+
+    async def create(self, jobs: Sequence[Job]) -> None:
+        await checkpoint()
+        seen: set[str] = set()
+        for job in jobs:
+            if job.id in self._jobs or job.id in seen:
+                raise StorageError(f"cannot create job {job.id!r}: that id already exists")
+            seen.add(job.id)
+        for job in jobs:
+            self._jobs[job.id] = job
+
+    async def get(self, job_id: str) -> Job:
+        await checkpoint()
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise JobNotFound(f"no job with id {job_id!r}") from None
+
+    async def list(
+        self,
+        *,
+        status: JobStatus | Sequence[JobStatus] | None = None,
+        host: str | None = None,
+        limit: int | None = 100,
+    ) -> builtins.list[Job]:
+        await checkpoint()
+        check_limit(limit)
+        wanted = status_filter(status)
+        found = [
+            job
+            for job in self._jobs.values()
+            if (wanted is None or job.status in wanted) and (host is None or job.host == host)
+        ]
+        found.sort(key=_newest_first, reverse=True)
+        return found if limit is None else found[:limit]
+
+    async def pending(self, limit: int) -> builtins.list[Job]:
+        await checkpoint()
+        check_limit(limit)
+        found = [job for job in self._jobs.values() if job.status is JobStatus.PENDING]
+        found.sort(key=lambda job: (-job.spec.priority, job.created_at, job.id))
+        return found[:limit]
+
+    async def update(self, job: Job, *, expected: JobStatus) -> bool:
+        await checkpoint()
+        current = self._jobs.get(job.id)
+        if current is None:
+            raise JobNotFound(f"no job with id {job.id!r}")
+        if current.status is not expected:
+            return False
+        self._jobs[job.id] = job
+        return True
+
+    async def claim(self, job: Job, *, max_active: int) -> bool:
+        await checkpoint()
+        if job.host is None:
+            raise ValueError(f"cannot claim job {job.id!r} without a host to count against")
+        current = self._jobs.get(job.id)
+        if current is None:
+            raise JobNotFound(f"no job with id {job.id!r}")
+        if current.status is not JobStatus.PENDING:
+            return False
+        active = sum(
+            1 for other in self._jobs.values() if other.host == job.host and other.status in _ACTIVE
+        )
+        if active >= max_active:
+            return False
+        self._jobs[job.id] = job
+        return True
+
+    async def count_active(self) -> dict[str, int]:
+        await checkpoint()
+        return dict(
+            Counter(
+                job.host
+                for job in self._jobs.values()
+                if job.status in _ACTIVE and job.host is not None
+            )
+        )
+
+    async def count_by_status(self) -> dict[JobStatus, int]:
+        await checkpoint()
+        counts = dict.fromkeys(JobStatus, 0)
+        for job in self._jobs.values():
+            counts[job.status] += 1
+        return counts
+
+    async def delete(self, job_ids: Sequence[str]) -> int:
+        await checkpoint()
+        deleted = 0
+        for job_id in job_ids:
+            if self._jobs.pop(job_id, None) is not None:
+                deleted += 1
+            self._logs.pop(job_id, None)
+        return deleted
+
+    async def finished_before(self, when: datetime, limit: int | None = None) -> builtins.list[str]:
+        await checkpoint()
+        check_limit(limit)
+        # A naive `when` is refused the way a store that formats it refuses it, rather
+        # than failing on comparison with the aware completion times.
+        when = as_utc(when)
+        found = [
+            job
+            for job in self._jobs.values()
+            if job.status.is_terminal and job.completed_at is not None and job.completed_at < when
+        ]
+        found.sort(key=lambda job: (job.completed_at, job.id))
+        ids = [job.id for job in found]
+        return ids if limit is None else ids[:limit]
+
+    # --- logs -----------------------------------------------------------------------
+
+    async def append_logs(self, job_id: str, lines: Sequence[StoredLine]) -> None:
+        await checkpoint()
+        if job_id not in self._jobs:
+            raise JobNotFound(f"cannot store logs of job {job_id!r}: no such job")
+        stored = self._logs.setdefault(job_id, [])
+        check_log_sequence(job_id, lines, next_seq=len(stored))
+        # Lines already stored are skipped (a retried write), the rest appended.
+        stored.extend(line for line in lines if line.seq >= len(stored))
+
+    async def read_logs(
+        self, job_id: str, *, after: int = -1, until: int | None = None, limit: int | None = None
+    ) -> builtins.list[StoredLine]:
+        await checkpoint()
+        check_limit(limit)
+        stored = self._logs.get(job_id, [])
+        start = max(after + 1, 0)
+        stop = len(stored) if until is None else max(min(until, len(stored)), 0)
+        if limit is not None:
+            stop = min(stop, start + limit)
+        return stored[start:stop]
+
+    async def log_count(self, job_id: str) -> int:
+        await checkpoint()
+        return len(self._logs.get(job_id, ()))
+
+    # --- environment templates --------------------------------------------------
+
+    async def save_template(self, template: EnvironmentTemplate) -> None:
+        await checkpoint()
+        self._templates[template.name] = template
+
+    async def get_template(self, name: str) -> EnvironmentTemplate:
+        await checkpoint()
+        try:
+            return self._templates[name]
+        except KeyError:
+            raise TemplateNotFound(f"no environment template named {name!r}") from None
+
+    async def list_templates(self) -> builtins.list[EnvironmentTemplate]:
+        await checkpoint()
+        return [self._templates[name] for name in sorted(self._templates)]
+
+    async def delete_template(self, name: str) -> None:
+        await checkpoint()
+        if self._templates.pop(name, None) is None:
+            raise TemplateNotFound(f"no environment template named {name!r}")

@@ -1,0 +1,494 @@
+"""`SQLiteStorage`: one SQLite file, shareable by several managers in several processes."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import aiosqlite
+import anyio
+
+from .._errors import JobNotFound, StorageError, TemplateNotFound
+from .._models import EnvironmentTemplate, Job, JobStatus, LogLine
+from ._base import StoredLine
+from ._codec import (
+    check_limit,
+    check_log_sequence,
+    dump_job,
+    format_datetime,
+    load_job,
+    parse_datetime,
+    status_filter,
+)
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage"]
+
+# Migration n (counting from 1) takes a file from user_version n-1 to n. Append only:
+# a released entry is never edited, since files in the field have already run it.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        # The columns beside `record` are copies of its fields that queries filter or
+        # sort on; `record` (the whole Job as JSON) is what a read returns.
+        # created_at/completed_at hold fixed-width UTC ISO text, which sorts by time.
+        """
+        CREATE TABLE jobs (
+            id           TEXT PRIMARY KEY NOT NULL,
+            status       TEXT NOT NULL,
+            host         TEXT,
+            owner        TEXT,
+            priority     INTEGER NOT NULL,
+            created_at   TEXT NOT NULL,
+            completed_at TEXT,
+            record       TEXT NOT NULL
+        )
+        """,
+        # priority DESC in the index matches pending()'s ORDER BY exactly, so the
+        # dispatcher reads the queue in index order without sorting.
+        "CREATE INDEX jobs_by_dispatch ON jobs (status, priority DESC, created_at, id)",
+        "CREATE INDEX jobs_by_host ON jobs (host, status)",
+        "CREATE INDEX jobs_by_created ON jobs (created_at, id)",
+        "CREATE INDEX jobs_by_completed ON jobs (completed_at)",
+        # WITHOUT ROWID: rows live in primary-key order, so a job's lines are read
+        # from one contiguous range of the b-tree.
+        """
+        CREATE TABLE logs (
+            job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            seq    INTEGER NOT NULL,
+            stream TEXT NOT NULL,
+            ts     TEXT NOT NULL,
+            text   TEXT NOT NULL,
+            PRIMARY KEY (job_id, seq)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE templates (
+            name        TEXT PRIMARY KEY NOT NULL,
+            text        TEXT NOT NULL,
+            description TEXT NOT NULL DEFAULT ''
+        )
+        """,
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# Long enough to ride out another process's write transaction (they are all short),
+# short enough that a stuck lock surfaces as an error rather than a hang.
+_BUSY_TIMEOUT_SECONDS = 10.0
+
+# Status literals written into SQL: they are our own enum values, never user input.
+_ACTIVE_SQL = f"('{JobStatus.LAUNCHING.value}', '{JobStatus.RUNNING.value}')"
+_TERMINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in JobStatus if s.is_terminal) + ")"
+
+_SET_JOB = (
+    "status = ?, host = ?, owner = ?, priority = ?, created_at = ?, completed_at = ?, record = ?"
+)
+
+# What the driver raises: its own errors, plus the two it raises while binding a value
+# SQLite cannot hold (an int beyond 64 bits, a str with lone surrogates).
+_DRIVER_ERRORS = (sqlite3.Error, OverflowError, UnicodeEncodeError)
+
+
+def _job_columns(job: Job) -> tuple[Any, ...]:
+    # In the order of _SET_JOB.
+    return (
+        job.status.value,
+        job.host,
+        job.owner,
+        job.spec.priority,
+        format_datetime(job.created_at),
+        None if job.completed_at is None else format_datetime(job.completed_at),
+        dump_job(job),
+    )
+
+
+class SQLiteStorage:
+    # One aiosqlite connection (one worker thread) per store object. Many tasks share
+    # it, so every use of it holds `_lock`: otherwise a task's statement could land
+    # inside another task's open transaction and be rolled back with it. The lock
+    # costs nothing real, as the connection's thread runs one statement at a time.
+    #
+    # Across processes SQLite itself serialises writers; every write is either one
+    # statement or a BEGIN IMMEDIATE transaction, so none can interleave with another.
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = os.fspath(path)
+        self._db: aiosqlite.Connection | None = None
+        self._lock = anyio.Lock()
+
+    @property
+    def persistent(self) -> bool:
+        return True
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"SQLiteStorage({self._path!r})"
+
+    # --- connection plumbing -----------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _translate(self, action: str) -> AsyncIterator[None]:
+        # The one place where driver errors become ours.
+        try:
+            yield
+        except _DRIVER_ERRORS as exc:
+            hint = ""
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                hint = f" (another connection held the write lock over {_BUSY_TIMEOUT_SECONDS} s)"
+            raise StorageError(
+                f"SQLite store {self._path!r}: {action} failed: {exc}{hint}"
+            ) from exc
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, action: str) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            # Looked up under the lock, so a close() that ran while we waited is seen.
+            if self._db is None:
+                raise StorageError(
+                    f"SQLite store {self._path!r} is not open: call open() first "
+                    "(the manager does this on entering its context)"
+                )
+            async with self._translate(action):
+                yield self._db
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, action: str) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._connection(action) as db, _begin(db):
+            yield db
+
+    async def open(self) -> None:
+        async with self._lock:
+            if self._db is not None:
+                return
+            if self._path != ":memory:":
+                folder = await anyio.Path(self._path).absolute()
+                if not await folder.parent.is_dir():
+                    raise StorageError(
+                        f"cannot open SQLite store {self._path!r}: its folder "
+                        f"{str(folder.parent)!r} does not exist; create it first"
+                    )
+            async with self._translate("opening"):
+                # isolation_level=None: no implicit transactions from the sqlite3
+                # module; we say BEGIN where we mean it. timeout is the busy timeout.
+                db = await aiosqlite.connect(
+                    self._path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None
+                )
+            try:
+                async with self._translate("opening"):
+                    # WAL: readers never block the writer nor it them, which matters
+                    # when several managers poll one file. NORMAL is durable in WAL
+                    # except for the last commits on power loss, never corrupt.
+                    await db.execute("PRAGMA journal_mode = WAL")
+                    await db.execute("PRAGMA synchronous = NORMAL")
+                    await db.execute("PRAGMA foreign_keys = ON")
+                    await self._migrate(db)
+            except BaseException:
+                await _close_quietly(db)
+                raise
+            self._db = db
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        version = await _user_version(db)
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"SQLite store {self._path!r} has schema version {version}, newer than the "
+                f"{SCHEMA_VERSION} this containerjobs knows: upgrade containerjobs"
+            )
+        for target, statements in enumerate(MIGRATIONS, start=1):
+            if target <= version:
+                continue
+            async with _begin(db):
+                # Read again under the write lock: another process opening the same
+                # new file may have run this migration while we waited for it.
+                if await _user_version(db) >= target:
+                    continue
+                for statement in statements:
+                    await db.execute(statement)
+                # PRAGMA takes no parameters; target is our own int.
+                await db.execute(f"PRAGMA user_version = {int(target)}")
+
+    async def close(self) -> None:
+        # Shielded: a close cut short would leave the connection's thread running.
+        with anyio.CancelScope(shield=True):
+            async with self._lock:
+                db, self._db = self._db, None
+                if db is not None:
+                    async with self._translate("closing"):
+                        await db.close()
+
+    # --- jobs -----------------------------------------------------------------------
+
+    async def create(self, jobs: Sequence[Job]) -> None:
+        if not jobs:
+            return
+        rows = [(job.id, *_job_columns(job)) for job in jobs]
+        # SQLite's "UNIQUE constraint failed" does not say which id: name them here.
+        named = ", ".join(repr(job.id) for job in jobs[:5]) + (", ..." if len(jobs) > 5 else "")
+        action = f"creating {len(rows)} job(s) ({named})"
+        async with self._transaction(action) as db:
+            # A duplicate id (stored or within `jobs`) fails the whole transaction.
+            await db.executemany(
+                "INSERT INTO jobs (id, status, host, owner, priority, created_at,"
+                " completed_at, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    async def get(self, job_id: str) -> Job:
+        async with self._connection(f"reading job {job_id!r}") as db:
+            rows = list(
+                await db.execute_fetchall("SELECT record FROM jobs WHERE id = ?", (job_id,))
+            )
+        if not rows:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return load_job(rows[0][0])
+
+    async def list(
+        self,
+        *,
+        status: JobStatus | Sequence[JobStatus] | None = None,
+        host: str | None = None,
+        limit: int | None = 100,
+    ) -> builtins.list[Job]:
+        check_limit(limit)
+        wanted = status_filter(status)
+        where: builtins.list[str] = []
+        params: builtins.list[Any] = []
+        if wanted is not None:
+            if not wanted:
+                return []
+            where.append(f"status IN ({', '.join('?' * len(wanted))})")
+            params.extend(s.value for s in wanted)
+        if host is not None:
+            where.append("host = ?")
+            params.append(host)
+        sql = "SELECT record FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        async with self._connection("listing jobs") as db:
+            rows = await db.execute_fetchall(sql, params)
+        return [load_job(row[0]) for row in rows]
+
+    async def pending(self, limit: int) -> builtins.list[Job]:
+        check_limit(limit)
+        async with self._connection("reading pending jobs") as db:
+            rows = await db.execute_fetchall(
+                "SELECT record FROM jobs WHERE status = ?"
+                " ORDER BY priority DESC, created_at, id LIMIT ?",
+                (JobStatus.PENDING.value, limit),
+            )
+        return [load_job(row[0]) for row in rows]
+
+    async def update(self, job: Job, *, expected: JobStatus) -> bool:
+        columns = _job_columns(job)
+        async with self._connection(f"updating job {job.id!r}") as db:
+            cursor = await db.execute(
+                f"UPDATE jobs SET {_SET_JOB} WHERE id = ? AND status = ?",
+                (*columns, job.id, expected.value),
+            )
+            if cursor.rowcount == 1:
+                return True
+            await self._require_job(db, job.id)
+            return False
+
+    async def claim(self, job: Job, *, max_active: int) -> bool:
+        if job.host is None:
+            raise ValueError(f"cannot claim job {job.id!r} without a host to count against")
+        columns = _job_columns(job)
+        async with self._connection(f"claiming job {job.id!r}") as db:
+            # One statement, so one SQLite transaction: the count and the write cannot
+            # be split by another process's claim, which keeps per-host limits exact.
+            cursor = await db.execute(
+                f"UPDATE jobs SET {_SET_JOB} WHERE id = ? AND status = ?"
+                f" AND (SELECT COUNT(*) FROM jobs WHERE host = ? AND status IN {_ACTIVE_SQL})"
+                " < ?",
+                (*columns, job.id, JobStatus.PENDING.value, job.host, max_active),
+            )
+            if cursor.rowcount == 1:
+                return True
+            await self._require_job(db, job.id)
+            return False
+
+    async def _require_job(self, db: aiosqlite.Connection, job_id: str) -> None:
+        rows = await db.execute_fetchall("SELECT 1 FROM jobs WHERE id = ?", (job_id,))
+        if not list(rows):
+            raise JobNotFound(f"no job with id {job_id!r}")
+
+    async def count_active(self) -> dict[str, int]:
+        async with self._connection("counting active jobs") as db:
+            rows = await db.execute_fetchall(
+                "SELECT host, COUNT(*) FROM jobs"
+                f" WHERE status IN {_ACTIVE_SQL} AND host IS NOT NULL GROUP BY host"
+            )
+        return {host: count for host, count in rows}
+
+    async def count_by_status(self) -> dict[JobStatus, int]:
+        async with self._connection("counting jobs") as db:
+            rows = await db.execute_fetchall("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        counts = dict.fromkeys(JobStatus, 0)
+        for status, count in rows:
+            counts[JobStatus(status)] = count
+        return counts
+
+    async def delete(self, job_ids: Sequence[str]) -> int:
+        if not job_ids:
+            return 0
+        params = [(job_id,) for job_id in job_ids]
+        async with self._transaction(f"deleting {len(params)} job(s)") as db:
+            # The foreign key cascades too, but only on connections that turned it on;
+            # deleting the lines by hand keeps the file clean whoever else writes to it.
+            await db.executemany("DELETE FROM logs WHERE job_id = ?", params)
+            cursor = await db.executemany("DELETE FROM jobs WHERE id = ?", params)
+            # executemany sums the rows each statement deleted; a repeated id adds 0.
+            return cursor.rowcount
+
+    async def finished_before(self, when: datetime, limit: int | None = None) -> builtins.list[str]:
+        check_limit(limit)
+        sql = (
+            f"SELECT id FROM jobs WHERE status IN {_TERMINAL_SQL} AND completed_at < ?"
+            " ORDER BY completed_at, id"
+        )
+        params: builtins.list[Any] = [format_datetime(when)]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        async with self._connection("finding finished jobs") as db:
+            rows = await db.execute_fetchall(sql, params)
+        return [row[0] for row in rows]
+
+    # --- logs -----------------------------------------------------------------------
+
+    async def append_logs(self, job_id: str, lines: Sequence[StoredLine]) -> None:
+        if not lines:
+            return
+        rows = [
+            (
+                job_id,
+                stored.seq,
+                stored.line.stream,
+                format_datetime(stored.line.timestamp),
+                stored.line.text,
+            )
+            for stored in lines
+        ]
+        async with self._transaction(f"storing logs of job {job_id!r}") as db:
+            # Checked inside the write transaction, so the answer still holds when
+            # the lines are inserted.
+            await self._require_job(db, job_id)
+            check_log_sequence(job_id, lines, next_seq=await _next_seq(db, job_id))
+            # OR IGNORE: a line already stored (a retried write) keeps its first text.
+            await db.executemany(
+                "INSERT OR IGNORE INTO logs (job_id, seq, stream, ts, text) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    async def read_logs(
+        self, job_id: str, *, after: int = -1, until: int | None = None, limit: int | None = None
+    ) -> builtins.list[StoredLine]:
+        check_limit(limit)
+        sql = "SELECT seq, stream, ts, text FROM logs WHERE job_id = ? AND seq > ?"
+        params: builtins.list[Any] = [job_id, after]
+        if until is not None:
+            sql += " AND seq < ?"
+            params.append(until)
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        async with self._connection(f"reading logs of job {job_id!r}") as db:
+            rows = await db.execute_fetchall(sql, params)
+        return [
+            StoredLine(seq, LogLine(stream, text, parse_datetime(ts)))
+            for seq, stream, ts, text in rows
+        ]
+
+    async def log_count(self, job_id: str) -> int:
+        async with self._connection(f"counting logs of job {job_id!r}") as db:
+            return await _next_seq(db, job_id)
+
+    # --- environment templates --------------------------------------------------
+
+    async def save_template(self, template: EnvironmentTemplate) -> None:
+        async with self._connection(f"saving template {template.name!r}") as db:
+            await db.execute(
+                "INSERT OR REPLACE INTO templates (name, text, description) VALUES (?, ?, ?)",
+                (template.name, template.text, template.description),
+            )
+
+    async def get_template(self, name: str) -> EnvironmentTemplate:
+        async with self._connection(f"reading template {name!r}") as db:
+            rows = list(
+                await db.execute_fetchall(
+                    "SELECT name, text, description FROM templates WHERE name = ?", (name,)
+                )
+            )
+        if not rows:
+            raise TemplateNotFound(f"no environment template named {name!r}")
+        return EnvironmentTemplate(*rows[0])
+
+    async def list_templates(self) -> builtins.list[EnvironmentTemplate]:
+        async with self._connection("listing templates") as db:
+            rows = await db.execute_fetchall(
+                "SELECT name, text, description FROM templates ORDER BY name"
+            )
+        return [EnvironmentTemplate(*row) for row in rows]
+
+    async def delete_template(self, name: str) -> None:
+        async with self._connection(f"deleting template {name!r}") as db:
+            cursor = await db.execute("DELETE FROM templates WHERE name = ?", (name,))
+            if cursor.rowcount == 0:
+                raise TemplateNotFound(f"no environment template named {name!r}")
+
+
+# --- helpers on a raw connection (errors translated by the caller) -------------------
+
+
+@contextlib.asynccontextmanager
+async def _begin(db: aiosqlite.Connection) -> AsyncIterator[None]:
+    # IMMEDIATE takes the write lock up front, where the busy timeout applies; a
+    # deferred transaction that upgrades later can fail at once with "locked" instead.
+    try:
+        # Inside the try: a caller cancelled while waiting for BEGIN has still queued
+        # it on the connection's thread, so it needs the ROLLBACK as much as any.
+        await db.execute("BEGIN IMMEDIATE")
+        yield
+        await db.execute("COMMIT")
+    except BaseException:
+        # Shielded: a cancelled caller must not leave the transaction open on the
+        # shared connection, where the next task's statements would join it. When
+        # there is none (BEGIN failed, COMMIT went through) ROLLBACK fails: ignored.
+        with anyio.CancelScope(shield=True), contextlib.suppress(sqlite3.Error):
+            await db.execute("ROLLBACK")
+        raise
+
+
+async def _user_version(db: aiosqlite.Connection) -> int:
+    rows = list(await db.execute_fetchall("PRAGMA user_version"))
+    return int(rows[0][0])
+
+
+async def _next_seq(db: aiosqlite.Connection, job_id: str) -> int:
+    # MAX over the primary key is one b-tree descent; COUNT(*) would read every line.
+    # With no gaps allowed the two agree.
+    rows = list(
+        await db.execute_fetchall(
+            "SELECT COALESCE(MAX(seq) + 1, 0) FROM logs WHERE job_id = ?", (job_id,)
+        )
+    )
+    return int(rows[0][0])
+
+
+async def _close_quietly(db: aiosqlite.Connection) -> None:
+    # Used on a failed open: the error that made us close is the one to report.
+    with anyio.CancelScope(shield=True), contextlib.suppress(*_DRIVER_ERRORS):
+        await db.close()
