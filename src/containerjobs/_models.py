@@ -315,6 +315,10 @@ class JobSpec:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise _type_error(field, value, "an int")
         _require(self.max_retries >= 0, f"JobSpec.max_retries must be >= 0, got {self.max_retries}")
+        _require(
+            -(2**31) <= self.priority < 2**31,
+            f"JobSpec.priority must fit in 32 bits, got {self.priority}",
+        )
         if self.memory_limit_mb is not None and not isinstance(self.memory_limit_mb, int):
             # A whole float such as 64.0 is accepted and stored as an int.
             object.__setattr__(self, "memory_limit_mb", int(self.memory_limit_mb))
