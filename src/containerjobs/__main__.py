@@ -1,0 +1,7 @@
+"""``python -m containerjobs``: the same as the ``containerjobs`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
