@@ -217,3 +217,34 @@ T0 = datetime(2024, 1, 1, tzinfo=UTC)
 def at(seconds: float) -> datetime:
     """`T0` plus some seconds."""
     return T0 + timedelta(seconds=seconds)
+
+
+# --- anything at all, for the property that submit never misbehaves -------------
+
+_anything = st.none() | st.booleans() | st.integers() | st.floats() | safe_text | st.text()
+wild_spec_kwargs = st.fixed_dictionaries(
+    {"image": st.one_of(images(), st.text(max_size=30), st.integers())},
+    optional={
+        "command": st.one_of(st.text(max_size=30), st.lists(st.text(max_size=10), max_size=3),
+                             st.integers()),
+        "memory_limit_mb": _anything,
+        "cpu_limit": _anything,
+        "timeout_seconds": _anything,
+        "environment": st.one_of(
+            st.dictionaries(st.text(max_size=10), st.text(max_size=10), max_size=3),
+            st.dictionaries(st.text(max_size=5), _anything, max_size=2),
+            _anything,
+        ),
+        "labels": st.one_of(st.dictionaries(st.text(max_size=10), st.text(max_size=10),
+                                            max_size=3), _anything),
+        "user": st.one_of(st.sampled_from(["0", "root", "0:0", "1000", "nobody"]), _anything),
+        "networks": st.one_of(st.lists(st.sampled_from(["host", "bridge", "", "x"]),
+                                       max_size=2), _anything),
+        "working_directory": _anything,
+        "pull_policy": st.one_of(st.sampled_from(PULL_POLICIES), _anything),
+        "max_retries": _anything,
+        "priority": _anything,
+        "name": _anything,
+        "host": _anything,
+    },
+)

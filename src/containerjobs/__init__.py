@@ -30,6 +30,7 @@ from ._models import LogLine as LogLine
 from ._models import Mount as Mount
 from ._models import NetworkAttachment as NetworkAttachment
 from ._policy import SecurityPolicy as SecurityPolicy
+from .executors._base import PullResult as PullResult
 from .storage import InMemoryStorage as InMemoryStorage
 from .storage import SQLiteStorage as SQLiteStorage
 from .storage import Storage as Storage
@@ -60,6 +61,7 @@ __all__ = [
     "Mount",
     "NetworkAttachment",
     "PolicyViolation",
+    "PullResult",
     "RegistryAuth",
     "RoundRobin",
     "SQLiteStorage",

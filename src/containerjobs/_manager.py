@@ -36,7 +36,7 @@ from ._models import (
     utcnow,
 )
 from ._policy import SecurityPolicy
-from .executors._base import Executor, ExitStatus, ResourceSample
+from .executors._base import Executor, ExitStatus, PullResult, ResourceSample
 from .storage import InMemoryStorage, Storage
 
 _log = structlog.get_logger("containerjobs")
@@ -222,7 +222,12 @@ class JobManager:
         self._hubs: dict[str, LogHub] = {}
         self._watchers: dict[str, anyio.Event] = {}
         self._subscribers: list[MemoryObjectSendStream[JobEvent]] = []
-        self._log = _log.bind(manager=self.id)
+
+    @property
+    def _log(self) -> structlog.typing.FilteringBoundLogger:
+        # Bound at use, not at construction: logging set up (or captured) after the
+        # manager was made still applies.
+        return _log.bind(manager=self.id)  # type: ignore[no-any-return]
 
     # --- life cycle ----------------------------------------------------------------
 
@@ -506,6 +511,49 @@ class JobManager:
             "slots_used": sum(h["running"] for h in hosts.values()),
             "slots_free": sum(h["free"] for h in hosts.values()),
         }
+
+    async def prewarm(
+        self, images: Iterable[str], hosts: Iterable[str] | None = None
+    ) -> dict[str, list[PullResult]]:
+        """Pull `images` on every active, healthy host (or on the named ones) with each
+        host's registry credentials, so the first job need not wait for a pull.
+
+        Returns what happened per host name; an unreachable host reports every image
+        as not pulled, with the reason.
+        """
+        self._check_open()
+        wanted = list(images)
+        for image in wanted:
+            JobSpec(image=image)  # InvalidJobSpec for a bad reference, before any pull
+        if hosts is None:
+            states = [s for s in self._hosts.values() if s.usable]
+        else:
+            names = list(hosts)
+            unknown = [name for name in names if name not in self._hosts]
+            if unknown:
+                raise InvalidJobSpec(f"unknown hosts: {', '.join(unknown)}")
+            states = [self._hosts[name] for name in names]
+        results: dict[str, list[PullResult]] = {}
+
+        async def pull_all(state: _HostState) -> None:
+            done = results[state.host.name] = []
+            for image in wanted:
+                try:
+                    done.append(await state.executor.pull(image))
+                except ContainerJobsError as exc:
+                    done.append(PullResult(image, False, str(exc)))
+                self._log.info(
+                    "image.prewarmed",
+                    host=state.host.name,
+                    image=image,
+                    ok=done[-1].ok,
+                    error=done[-1].error,
+                )
+
+        async with anyio.create_task_group() as tg:
+            for state in states:
+                tg.start_soon(pull_all, state)
+        return results
 
     async def save_template(self, template: EnvironmentTemplate) -> None:
         """Store (or replace) an environment template that specs can name."""

@@ -126,6 +126,11 @@ def _translate(host: str, what: str) -> Iterator[None]:
     except ContainerJobsError:
         raise
     except DockerError as exc:
+        if exc.status == 900 and ("CERTIFICATE" in exc.message or "SSL" in exc.message):
+            raise HostUnavailable(
+                f"TLS with host {host!r} failed while {what} (check the host's TLSConfig: "
+                f"ca_cert, client_cert, client_key): {exc.message}"
+            ) from exc
         if exc.status == 900:  # aiodocker's "cannot connect"
             raise HostUnavailable(
                 f"host {host!r} is unreachable while {what}: {exc.message}"
