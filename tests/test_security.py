@@ -64,7 +64,7 @@ async def test_refusals_name_the_field_and_store_nothing(
 async def test_registry_allow_list(tmp_path: Path) -> None:
     policy = cj.SecurityPolicy(allowed_registries=["127.0.0.1:5000"])
     async with cj.JobManager(hosts=[], policy=policy) as client:
-        with pytest.raises(cj.PolicyViolation, match="docker.io"):
+        with pytest.raises(cj.PolicyViolation, match=r"docker\.io"):
             await client.submit(cj.JobSpec(image="alpine"))
         await client.submit(cj.JobSpec(image="127.0.0.1:5000/team/tool:1"))
         assert len(await client.list_jobs()) == 1
