@@ -6,7 +6,7 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import Any, Literal, Self
@@ -45,7 +45,6 @@ ExitMode = Literal["cancel", "wait", "detach"]
 ExecutorFactory = Callable[[DockerHost, str, SecurityPolicy], Executor]
 
 _ACTIVE = (JobStatus.LAUNCHING, JobStatus.RUNNING)
-_MAX_POLL = 1.0  # waiting on progress made by another process polls at most this slowly
 _LOG_FLUSH_INTERVAL = 0.25
 _LOG_DRAIN_GRACE = 30.0  # after exit, how long the log stream may take to end
 _KILL_GRACE = 30.0
@@ -148,6 +147,15 @@ class EventStream:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+@attrs.define
+class _End:
+    """How the wait for a container ended."""
+
+    exit: ExitStatus | None = None
+    reason: Literal["timeout", "cancel"] | None = None
+    failure: str | None = None  # the engine failed us: host gone, container gone
 
 
 class _LostRace(Exception):
@@ -391,10 +399,9 @@ class JobManager:
                 job = await self.storage.get(job_id)
                 if job.status.is_terminal:
                     return job
-                # Our own jobs signal every change; jobs run elsewhere are polled.
-                with anyio.move_on_after(delay):
+                with anyio.move_on_after(self._poll_delay(job, delay)):
                     await changed.wait()
-                delay = min(delay * 2, _MAX_POLL)
+                delay = min(delay * 2, self._poll_interval)
 
     async def logs(self, job_id: str, *, follow: bool = True) -> AsyncIterator[LogLine]:
         """The job's output lines, both streams in the order written.
@@ -438,9 +445,9 @@ class JobManager:
                 for stored in await self.storage.read_logs(job_id, after=next_seq - 1):
                     yield stored.line
                 return
-            with anyio.move_on_after(delay):
+            with anyio.move_on_after(self._poll_delay(job, delay)):
                 await changed.wait()
-            delay = min(delay * 2, _MAX_POLL)
+            delay = min(delay * 2, self._poll_interval)
 
     def events(self) -> EventStream:
         """Every status change from this call on, as it is stored, until the manager
@@ -583,6 +590,15 @@ class JobManager:
         return await self.storage.delete(ids) if ids else 0
 
     # --- status changes ------------------------------------------------------------
+
+    def _poll_delay(self, job: Job, delay: float) -> float | None:
+        # This manager signals every change it makes. Only a store shared with other
+        # processes can change behind its back, and then only for jobs it does not run.
+        if not self.storage.persistent:
+            return None
+        if job.owner == self.id and job.status in _ACTIVE:
+            return None
+        return delay
 
     def _watch(self, job_id: str) -> anyio.Event:
         # Take the event before reading the store, so a change between the read and
@@ -770,48 +786,17 @@ class JobManager:
     ) -> None:
         usage = _Usage()
         output = _Output()
-        reason: str | None = None
-        exit_status: ExitStatus | None = None
-        failure: str | None = None
         async with anyio.create_task_group() as tg:
             pump_done = anyio.Event()
             tg.start_soon(self._pump_logs, executor, container_id, hub, output, pump_done, log)
             tg.start_soon(self._sample_stats, executor, container_id, usage, log)
             tg.start_soon(self._flush_periodically, hub)
-            timeout = job.spec.timeout_seconds
-
-            async def exited() -> None:
-                nonlocal exit_status
-                exit_status = await executor.wait(container_id)
-
-            try:
-                with anyio.move_on_after(timeout) as deadline:
-                    async with anyio.create_task_group() as race:
-
-                        async def first(step: Callable[[], Any]) -> None:
-                            await step()
-                            race.cancel_scope.cancel()
-
-                        race.start_soon(first, exited)
-                        race.start_soon(first, control.cancel.wait)
-                        race.start_soon(first, lambda: self._watch_cancel_flag(job, control))
-                if deadline.cancelled_caught:
-                    reason = "timeout"
-                elif exit_status is None:
-                    reason = "cancel"
-                if exit_status is None:
-                    log.info("container.killing", reason=reason)
-                    with anyio.CancelScope(shield=True), anyio.fail_after(_KILL_GRACE):
-                        await executor.kill(container_id)
-                        exit_status = await executor.wait(container_id)
-            except (ContainerJobsError, TimeoutError) as exc:
-                failure = str(exc) or "the host stopped answering"
-                log.warning("container.lost", error=failure)
+            end = await self._await_end(job, executor, container_id, control, log)
             # The log stream ends when the container stops; give it time to drain.
-            with anyio.move_on_after(_LOG_DRAIN_GRACE if failure is None else 1.0):
+            with anyio.move_on_after(_LOG_DRAIN_GRACE if end.failure is None else 1.0):
                 await pump_done.wait()
             tg.cancel_scope.cancel()
-        if failure is None and not output.complete:
+        if end.failure is None and not output.complete:
             # The stream broke before the container stopped: read what it missed.
             await self._catch_up_logs(executor, container_id, hub, output, log)
         with anyio.CancelScope(shield=True):
@@ -821,12 +806,12 @@ class JobManager:
                 log.info("container.removed")
             except ContainerJobsError as exc:
                 log.warning("container.remove_failed", error=str(exc))
-            status, error = self._outcome(job, reason, exit_status, failure, control)
+            status, error = self._outcome(job, end, output, control)
             done = await self._advance(
                 job,
                 status,
-                exit_code=exit_status.exit_code if exit_status else None,
-                oom_killed=bool(exit_status and exit_status.oom_killed),
+                exit_code=end.exit.exit_code if end.exit else None,
+                oom_killed=bool(end.exit and end.exit.oom_killed),
                 error=error,
                 completed_at=utcnow(),
                 stdout=output.text("stdout"),
@@ -842,31 +827,81 @@ class JobManager:
                 error=done.error,
             )
 
+    async def _await_end(
+        self,
+        job: Job,
+        executor: Executor,
+        container_id: str,
+        control: _Control,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> _End:
+        """Wait for the container to exit, be cancelled or run out of time; kill it in
+        the latter two cases. Engine errors end up in `failure`, never raised."""
+        end = _End()
+
+        async def exited() -> None:
+            try:
+                end.exit = await executor.wait(container_id)
+            except ContainerJobsError as exc:
+                end.failure = str(exc) or "the host stopped answering"
+
+        with anyio.move_on_after(job.spec.timeout_seconds) as deadline:
+            async with anyio.create_task_group() as race:
+
+                async def first(step: Callable[[], Awaitable[Any]]) -> None:
+                    await step()
+                    race.cancel_scope.cancel()
+
+                race.start_soon(first, exited)
+                race.start_soon(first, control.cancel.wait)
+                race.start_soon(first, lambda: self._watch_cancel_flag(job, control))
+        if end.failure is not None:
+            log.warning("container.lost", error=end.failure)
+            return end
+        if end.exit is None:
+            end.reason = "timeout" if deadline.cancelled_caught else "cancel"
+            log.info("container.killing", reason=end.reason)
+            try:
+                with anyio.CancelScope(shield=True), anyio.fail_after(_KILL_GRACE):
+                    await executor.kill(container_id)
+                    end.exit = await executor.wait(container_id)
+            except (ContainerJobsError, TimeoutError) as exc:
+                end.failure = str(exc) or f"the container did not stop within {_KILL_GRACE} s"
+                log.warning("container.kill_failed", error=end.failure)
+        return end
+
     @staticmethod
     def _outcome(
-        job: Job,
-        reason: str | None,
-        exit_status: ExitStatus | None,
-        failure: str | None,
-        control: _Control,
+        job: Job, end: _End, output: _Output, control: _Control
     ) -> tuple[JobStatus, str | None]:
-        if reason == "timeout":
+        status, error = JobManager._status_of(job, end, control)
+        if output.lost is not None:
+            # Output we could not read is a failure to say out loud, never a quiet cut.
+            if status is JobStatus.COMPLETED:
+                status = JobStatus.FAILED
+            note = f"the output could not be read completely: {output.lost}"
+            error = f"{error}; {note}" if error else note
+        return status, error
+
+    @staticmethod
+    def _status_of(job: Job, end: _End, control: _Control) -> tuple[JobStatus, str | None]:
+        if end.reason == "timeout":
             return JobStatus.TIMEOUT, (
                 f"timed out after {job.spec.timeout_seconds:g} s; the container was killed"
             )
-        if reason == "cancel":
+        if end.reason == "cancel":
             return JobStatus.CANCELLED, control.reason
-        if failure is not None or exit_status is None:
-            return JobStatus.FAILED, f"lost the container on host {job.host!r}: {failure}"
-        if exit_status.oom_killed:
+        if end.failure is not None or end.exit is None:
+            return JobStatus.FAILED, f"lost the container on host {job.host!r}: {end.failure}"
+        if end.exit.oom_killed:
             return JobStatus.FAILED, (
                 f"memory limit of {job.spec.memory_limit_mb} MB exceeded: "
                 f"the container was killed (OOM)"
             )
-        if exit_status.exit_code == 0:
+        if end.exit.exit_code == 0:
             return JobStatus.COMPLETED, None
-        detail = f": {exit_status.error}" if exit_status.error else ""
-        return JobStatus.FAILED, f"exited with code {exit_status.exit_code}{detail}"
+        detail = f": {end.exit.error}" if end.exit.error else ""
+        return JobStatus.FAILED, f"exited with code {end.exit.exit_code}{detail}"
 
     async def _watch_cancel_flag(self, job: Job, control: _Control) -> None:
         # A cancel asked through another manager arrives as a flag in the store.
@@ -918,6 +953,7 @@ class JobManager:
                 output.add(item.line, item.newline)
                 hub.add(item.line)
         except ContainerJobsError as exc:
+            output.lost = str(exc)
             log.error("logs.incomplete", error=str(exc))
 
     async def _sample_stats(
@@ -947,6 +983,7 @@ class _Output:
 
     parts: dict[str, list[str]] = attrs.Factory(lambda: {"stdout": [], "stderr": []})
     complete: bool = False  # the stream ended by itself, not broken
+    lost: str | None = None  # why some output could not be read
     last_ts: datetime | None = None
     seen_at_last: int = 0  # lines seen with timestamp last_ts
 

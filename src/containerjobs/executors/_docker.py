@@ -55,6 +55,7 @@ _CONTROL = aiohttp.ClientTimeout(total=60, sock_connect=10)
 # Per running job: its log stream, its stats stream and its wait, plus control calls.
 _CONNECTIONS_PER_JOB = 3
 _SPARE_CONNECTIONS = 8
+_OOM_RECHECKS = (0.05, 0.1, 0.2, 0.4)
 
 
 def _parse_time(text: str) -> datetime | None:
@@ -150,6 +151,7 @@ class DockerExecutor:
         self._manager_id = manager_id
         self._policy = policy
         self._docker: aiodocker.Docker | None = None
+        self._killed: set[str] = set()  # containers we sent SIGKILL to
 
     @property
     def name(self) -> str:
@@ -434,8 +436,19 @@ class DockerExecutor:
             await self._client._query_json(
                 f"containers/{container_id}/wait", method="POST", timeout=_FOREVER
             )
-            info = await self._client._query_json(f"containers/{container_id}/json")
-        state = info.get("State") or {}
+            state = await self._state(container_id)
+            # The daemon learns of an OOM kill from an event that can land just after
+            # the wait returns: a SIGKILL we did not send gets a second look.
+            for delay in _OOM_RECHECKS:
+                if (
+                    state.get("ExitCode") != 137
+                    or state.get("OOMKilled")
+                    or container_id in self._killed
+                ):
+                    break
+                await anyio.sleep(delay)
+                state = await self._state(container_id)
+        self._killed.discard(container_id)
         return ExitStatus(
             exit_code=state.get("ExitCode"),
             oom_killed=bool(state.get("OOMKilled")),
@@ -443,7 +456,12 @@ class DockerExecutor:
             finished_at=_parse_time(state.get("FinishedAt") or ""),
         )
 
+    async def _state(self, container_id: str) -> dict[str, Any]:
+        info = await self._client._query_json(f"containers/{container_id}/json")
+        return dict(info.get("State") or {})
+
     async def kill(self, container_id: str) -> None:
+        self._killed.add(container_id)
         try:
             with _translate(self.name, f"killing container {container_id[:12]}"):
                 await self._client._query_json(f"containers/{container_id}/kill", method="POST")
@@ -453,6 +471,7 @@ class DockerExecutor:
                 raise
 
     async def remove(self, container_id: str) -> None:
+        self._killed.discard(container_id)
         try:
             with _translate(self.name, f"removing container {container_id[:12]}"):
                 async with self._client._query(
