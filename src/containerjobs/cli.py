@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any
 
 import anyio
@@ -22,13 +24,14 @@ import structlog
 from ._errors import ContainerJobsError
 from ._hosts import DockerHost
 from ._manager import JobManager
-from ._models import Job, JobSpec, JobStatus
+from ._models import Job, JobSpec, JobStatus, LogLine
 from .storage import InMemoryStorage, SQLiteStorage, Storage
 from .storage._codec import converter
 
 EXIT_TIMEOUT = 124
 EXIT_NOT_STARTED = 125
 EXIT_CANCELLED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a writer killed by it
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -111,11 +114,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrLogger(structlog.PrintLogger):
+    """Prints to stderr, and never lets a closed pipe break the job it reports on."""
+
+    def msg(self, message: str) -> None:
+        with suppress(OSError, ValueError):
+            super().msg(message)
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+
 def _configure_logging(verbose: bool) -> None:
     # The job's own output owns stdout; the library speaks on stderr, and only when
     # something is wrong unless asked.
     structlog.configure(
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=lambda *args: _StderrLogger(sys.stderr),
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.INFO if verbose else logging.WARNING
         ),
@@ -136,6 +149,18 @@ def _exit_code(job: Job) -> int:
     if job.exit_code is None:
         return EXIT_NOT_STARTED
     return job.exit_code or 1
+
+
+def _write(line: LogLine) -> bool:
+    out = sys.stdout if line.stream == "stdout" else sys.stderr
+    try:
+        out.write(line.text + "\n")
+        out.flush()
+    except BrokenPipeError:
+        # Point the stream at /dev/null so the interpreter's final flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        return False
+    return True
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -167,11 +192,16 @@ async def _run(args: argparse.Namespace) -> int:
                         await manager.cancel(job.id)
 
             tg.start_soon(cancel_on_signal)
+            reader_gone = False
             async for line in manager.logs(job.id):
-                out = sys.stdout if line.stream == "stdout" else sys.stderr
-                out.write(line.text + "\n")
-                out.flush()
+                if not _write(line):
+                    # Whoever read our output is gone (`| head`): stop the job too.
+                    reader_gone = True
+                    await manager.cancel(job.id)
+                    break
             tg.cancel_scope.cancel()
+        if reader_gone:
+            return EXIT_BROKEN_PIPE
         done = await manager.wait(job.id)
     if done.status is not JobStatus.COMPLETED and done.error:
         print(f"containerjobs: job {done.id} {done.status}: {done.error}", file=sys.stderr)
@@ -191,9 +221,8 @@ async def _read(args: argparse.Namespace) -> int:
             print(json.dumps(record, indent=2))
         elif args.command == "logs":
             async for line in manager.logs(args.job_id, follow=not args.no_follow):
-                out = sys.stdout if line.stream == "stdout" else sys.stderr
-                out.write(line.text + "\n")
-                out.flush()
+                if not _write(line):
+                    return EXIT_BROKEN_PIPE
         elif args.command == "cancel":
             job = await manager.get(args.job_id)
             if job.status is not JobStatus.PENDING and not job.status.is_terminal:
