@@ -110,8 +110,8 @@ def mounts() -> st.SearchStrategy[Mount]:
 _positive_floats = st.floats(
     min_value=0, max_value=1e6, exclude_min=True, allow_nan=False, allow_infinity=False
 )
-# Within SQLite's 64-bit INTEGER, as the stores keep priority in a column.
-_ints = st.integers(min_value=-(2**31), max_value=2**31)
+# JobSpec.priority fits in 32 bits, which every store keeps alike.
+_ints = st.integers(min_value=-(2**31), max_value=2**31 - 1)
 
 
 @st.composite
