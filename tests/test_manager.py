@@ -223,3 +223,18 @@ async def test_bad_constructor_arguments() -> None:
         cj.JobManager(hosts=fake_hosts("a") + fake_hosts("a"))
     with pytest.raises(ValueError, match="on_exit"):
         cj.JobManager(hosts=[], on_exit="explode")  # type: ignore[arg-type]
+
+
+def test_strategies_choose_among_candidates() -> None:
+    a, b, c = (cj.DockerHost(n, "unix:///x", weight=w, max_concurrent_jobs=4)
+               for n, w in (("a", 100), ("b", 300), ("c", 100)))
+    job = cj.Job(id="j", spec=SPEC)
+    loads = [cj.HostLoad(a, 1), cj.HostLoad(b, 2), cj.HostLoad(c, 0)]
+    assert cj.WeightedLeastLoaded().select(job, loads).host.name == "c"
+    assert cj.WeightedLeastLoaded().select(job, loads[:2]).host.name == "b"  # 2/300 < 1/100
+    assert cj.FirstAvailable().select(job, loads).host.name == "a"
+    rr = cj.RoundRobin()
+    assert [rr.select(job, loads).host.name for _ in range(4)] == ["a", "b", "c", "a"]
+    assert rr.select(job, [loads[0], loads[2]]).host.name == "c"  # b is full: skipped
+    picks = [cj.WeightedRandom().select(job, loads).host.name for _ in range(200)]
+    assert set(picks) == {"a", "b", "c"} and picks.count("b") > picks.count("a")

@@ -7,7 +7,6 @@ chooses; it never waits, and it returns `None` to leave the job pending.
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
@@ -67,13 +66,21 @@ class WeightedRandom:
 
 
 class RoundRobin:
-    """Each host in turn, skipping those without a free slot."""
+    """Each host in turn, in the order given; a host without a free slot loses its turn."""
 
     def __init__(self) -> None:
-        self._turn = itertools.count()
+        self._last: str | None = None
+        self._order: dict[str, int] = {}
 
     def select(self, job: Job, candidates: Sequence[HostLoad]) -> HostLoad | None:
-        return candidates[next(self._turn) % len(candidates)]
+        for candidate in candidates:
+            self._order.setdefault(candidate.host.name, len(self._order))
+        last = -1 if self._last is None else self._order.get(self._last, -1)
+        # The first candidate after the last host chosen, wrapping around.
+        after = [c for c in candidates if self._order[c.host.name] > last]
+        choice = (after or list(candidates))[0]
+        self._last = choice.host.name
+        return choice
 
 
 class FirstAvailable:
