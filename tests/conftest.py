@@ -25,6 +25,7 @@ settings.load_profile("containerjobs")
 
 TESTBED_ENV = Path(os.environ.get("CJ_TESTBED_ENV", "/var/lib/containerjobs-testbed/env"))
 LOCAL_SOCKET = "unix:///var/run/docker.sock"
+REPO = Path(__file__).resolve().parent.parent
 
 
 @attrs.frozen
@@ -47,6 +48,13 @@ class Bed:
         if done.returncode != 0:
             raise AssertionError(f"docker {' '.join(args)} failed: {done.stderr}")
         return done.stdout
+
+    def testbed_script(self, command: str) -> None:
+        """Run ``scripts/testbed COMMAND`` (start-second, stop-second, ...)."""
+        done = subprocess.run([str(REPO / "scripts" / "testbed"), command],
+                              capture_output=True, text=True, timeout=180)
+        if done.returncode != 0:
+            raise AssertionError(f"scripts/testbed {command} failed: {done.stderr}")
 
     def labelled_containers(self, socket: str = LOCAL_SOCKET) -> list[str]:
         out = self.docker("ps", "-aq", "--filter", "label=containerjobs.job_id", socket=socket)

@@ -6,9 +6,12 @@ contract section are about SQLite alone (sharing a file, reopening it, its schem
 
 from __future__ import annotations
 
+import math
+import re
 import sqlite3
 import sys
 import textwrap
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -30,7 +33,8 @@ from containerjobs._models import (
     NetworkAttachment,
 )
 from containerjobs.storage import InMemoryStorage, SQLiteStorage, Storage, StoredLine
-from containerjobs.storage._sqlite import SCHEMA_VERSION
+from containerjobs.storage._codec import parse_datetime
+from containerjobs.storage._sqlite import MIGRATIONS, SCHEMA_VERSION, _job_columns
 
 from .strategies import T0, at
 
@@ -63,6 +67,7 @@ def make_job(
     created: float = 0,
     completed: float | None = None,
     priority: int = 0,
+    owner: str | None = None,
 ) -> Job:
     return Job(
         id=job_id,
@@ -71,6 +76,7 @@ def make_job(
         host=host,
         created_at=at(created),
         completed_at=None if completed is None else at(completed),
+        owner=owner,
     )
 
 
@@ -327,6 +333,112 @@ async def test_claim_of_a_job_that_is_not_pending_is_refused(storage: Storage) -
         await storage.claim(make_job("j").advance(JobStatus.LAUNCHING), max_active=1)
 
 
+async def test_take_over_is_a_compare_and_set_on_status_and_owner(storage: Storage) -> None:
+    job = make_job("j", status=JobStatus.RUNNING, host="h1", owner="dead")
+    await storage.create([job])
+    adopted = attrs.evolve(job, owner="heir", container_id="abc")
+
+    async def refused(**expected: object) -> None:
+        assert await storage.take_over(adopted, **expected) is False  # type: ignore[arg-type]
+        assert await storage.get("j") == job  # unchanged by the refused write
+
+    await refused(expected=JobStatus.RUNNING, expected_owner="someone-else")
+    await refused(expected=JobStatus.RUNNING, expected_owner=None)  # None is no wildcard
+    await refused(expected=JobStatus.LAUNCHING, expected_owner="dead")
+
+    assert await storage.take_over(adopted, expected=JobStatus.RUNNING, expected_owner="dead")
+    assert await storage.get("j") == adopted  # written whole, like update
+    # The old owner is no longer the owner: its own take-back loses.
+    back = attrs.evolve(job, owner="dead")
+    assert not await storage.take_over(back, expected=JobStatus.RUNNING, expected_owner="dead")
+    assert (await storage.get("j")).owner == "heir"
+
+
+async def test_take_over_of_a_job_with_no_owner(storage: Storage) -> None:
+    job = make_job("j", status=JobStatus.LAUNCHING, host="h1")
+    await storage.create([job])
+    mine = attrs.evolve(job, owner="me")
+    assert not await storage.take_over(mine, expected=JobStatus.LAUNCHING, expected_owner="me")
+    assert await storage.take_over(mine, expected=JobStatus.LAUNCHING, expected_owner=None)
+    assert await storage.get("j") == mine
+    with pytest.raises(JobNotFound):
+        await storage.take_over(make_job("ghost"), expected=JobStatus.PENDING, expected_owner=None)
+
+
+async def test_racing_take_overs_have_exactly_one_winner(storage: Storage) -> None:
+    job = make_job("j", status=JobStatus.RUNNING, host="h1", owner="dead")
+    await storage.create([job])
+    winners: list[str] = []
+
+    async def adopt(n: int) -> None:
+        mine = attrs.evolve(job, owner=f"heir-{n}")
+        if await storage.take_over(mine, expected=JobStatus.RUNNING, expected_owner="dead"):
+            winners.append(mine.owner or "")
+
+    async with anyio.create_task_group() as tg:
+        for n in range(10):
+            tg.start_soon(adopt, n)
+    assert len(winners) == 1
+    assert (await storage.get("j")).owner == winners[0]
+
+
+async def test_owner_column_follows_the_record(storage: Storage) -> None:
+    # Backends may keep the owner beside the record to filter on: every way of
+    # writing a job must move both together.
+    await storage.create([make_job("p"), make_job("r", status=JobStatus.RUNNING, host="h1")])
+
+    async def owned_by(owner: str) -> list[str]:
+        return [job.id for job in await storage.active_jobs(owner=owner)]
+
+    claimed = (await storage.get("p")).advance(JobStatus.LAUNCHING, host="h1", owner="m1")
+    assert await storage.claim(claimed, max_active=5)
+    assert await owned_by("m1") == ["p"]
+
+    running = claimed.advance(JobStatus.RUNNING, owner="m2")
+    assert await storage.update(running, expected=JobStatus.LAUNCHING)
+    assert await owned_by("m1") == []
+    assert await owned_by("m2") == ["p"]
+    # take_over checks the owner that update wrote, not the one claim wrote.
+    adopted = attrs.evolve(running, owner="m3")
+    assert not await storage.take_over(adopted, expected=JobStatus.RUNNING, expected_owner="m1")
+    assert await storage.take_over(adopted, expected=JobStatus.RUNNING, expected_owner="m2")
+    assert await owned_by("m2") == []
+    assert await owned_by("m3") == ["p"]
+
+    r = await storage.get("r")
+    assert await storage.take_over(
+        attrs.evolve(r, owner="m3"), expected=JobStatus.RUNNING, expected_owner=None
+    )
+    assert await owned_by("m3") == ["r", "p"]
+
+
+async def test_active_jobs_are_launching_or_running_of_anyone_or_one_owner(
+    storage: Storage,
+) -> None:
+    assert await storage.active_jobs() == []
+    await storage.create(
+        [
+            make_job("pending", created=1, owner="a"),
+            make_job("l-a", status=JobStatus.LAUNCHING, host="h1", created=2, owner="a"),
+            make_job("r-b", status=JobStatus.RUNNING, host="h2", created=3, owner="b"),
+            make_job("r-none", status=JobStatus.RUNNING, host="h1", created=4),
+            make_job("r-a", status=JobStatus.RUNNING, host="h2", created=5, owner="a"),
+            make_job("done-a", status=JobStatus.COMPLETED, created=6, completed=7, owner="a"),
+        ]
+    )
+    assert [job.id for job in await storage.active_jobs()] == ["r-a", "r-none", "r-b", "l-a"]
+    assert [job.id for job in await storage.active_jobs(owner="a")] == ["r-a", "l-a"]
+    assert [job.id for job in await storage.active_jobs(owner="b")] == ["r-b"]
+    assert await storage.active_jobs(owner="nobody") == []
+    # Whole records, as get returns them.
+    assert (await storage.active_jobs(owner="b"))[0] == await storage.get("r-b")
+    # No limit, unlike list.
+    await storage.create(
+        [make_job(f"many{n:03}", status=JobStatus.RUNNING, host="h3") for n in range(120)]
+    )
+    assert len(await storage.active_jobs()) == 124
+
+
 async def test_count_active_and_count_by_status(storage: Storage) -> None:
     assert await storage.count_active() == {}
     assert await storage.count_by_status() == dict.fromkeys(JobStatus, 0)
@@ -405,6 +517,36 @@ async def test_logs_of_an_unknown_job(storage: Storage) -> None:
     assert await storage.log_count("ghost") == 0
 
 
+async def test_last_logs_are_the_tail_in_order(storage: Storage) -> None:
+    await storage.create([make_job("j"), make_job("other")])
+    assert await storage.last_logs("j", 5) == []
+    await storage.append_logs("j", lines(0, 10))
+    await storage.append_logs("other", lines(0, 3, prefix="other"))
+    everything = lines(0, 10)
+    assert await storage.last_logs("j", 3) == everything[7:]
+    assert await storage.last_logs("j", 1) == everything[9:]
+    assert await storage.last_logs("j", 10) == everything
+    assert await storage.last_logs("j", 50) == everything
+    assert await storage.last_logs("j", 0) == []
+    assert await storage.last_logs("other", 2) == lines(1, 2, prefix="other")
+    assert await storage.last_logs("ghost", 5) == []
+    with pytest.raises(ValueError, match="count"):
+        await storage.last_logs("j", -1)
+
+
+async def test_last_logs_tell_where_to_resume(storage: Storage) -> None:
+    # What a resuming follower reads: the last timestamp and how many lines share it.
+    await storage.create([make_job("j")])
+    stamps = [at(1), at(2), at(2), at(3), at(3), at(3)]
+    stored = [StoredLine(n, LogLine("stdout", f"l{n}", ts)) for n, ts in enumerate(stamps)]
+    await storage.append_logs("j", stored)
+    tail = await storage.last_logs("j", 4)
+    assert tail == stored[2:]
+    last = tail[-1].line.timestamp
+    assert last == at(3)
+    assert sum(1 for s in tail if s.line.timestamp == last) == 3
+
+
 async def test_delete_removes_jobs_and_their_logs(storage: Storage) -> None:
     await storage.create([make_job("a"), make_job("b"), make_job("keep")])
     await storage.append_logs("a", lines(0, 5))
@@ -473,6 +615,49 @@ async def test_templates_crud(storage: Storage) -> None:
         await storage.delete_template("web")
 
 
+async def test_leases_renew_drop_and_expire(storage: Storage) -> None:
+    assert await storage.live_managers() == set()
+    await storage.renew_lease("a", 60)
+    await storage.renew_lease("b", 60, info="build-3 pid 1234")
+    assert await storage.live_managers() == {"a", "b"}
+
+    await storage.drop_lease("a")
+    assert await storage.live_managers() == {"b"}
+    await storage.drop_lease("a")  # already gone: no error
+    await storage.drop_lease("never-seen")
+
+    # A renewal sets the expiry anew, shorter as well as longer.
+    await storage.renew_lease("b", 0.001)
+    await anyio.sleep(0.05)
+    assert await storage.live_managers() == set()
+    await storage.renew_lease("b", 60)  # alive again
+    assert await storage.live_managers() == {"b"}
+
+
+@pytest.mark.parametrize("ttl", [0, -1, math.nan, math.inf, 1e300])
+async def test_lease_ttl_must_be_a_positive_finite_time(storage: Storage, ttl: float) -> None:
+    with pytest.raises(ValueError, match="ttl"):
+        await storage.renew_lease("a", ttl)
+    assert await storage.live_managers() == set()
+
+
+async def test_store_id_is_a_random_uuid4_fixed_per_store(storage: Storage, tmp_path: Path) -> None:
+    store_id = storage.store_id
+    assert re.fullmatch("[0-9a-f]{32}", store_id)
+    assert uuid.UUID(hex=store_id).version == 4
+    await storage.create([make_job("j")])
+    assert storage.store_id == store_id
+
+    (tmp_path / "other").mkdir()
+    kind = "sqlite" if isinstance(storage, SQLiteStorage) else "memory"
+    other = make_storage(kind, tmp_path / "other")
+    await other.open()
+    try:
+        assert other.store_id != store_id
+    finally:
+        await other.close()
+
+
 async def test_cancelled_create_stores_all_or_none(storage: Storage) -> None:
     # Cancel a large create at a few points in its life; whatever the timing, it
     # stored everything or nothing, and the store keeps working.
@@ -538,6 +723,131 @@ async def test_sqlite_claims_through_several_connections_respect_max_active(
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_sqlite_take_overs_through_several_connections_have_one_winner(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "shared.db"
+    stores = [SQLiteStorage(path) for _ in range(4)]
+    for store in stores:
+        await store.open()
+    try:
+        job = make_job("j", status=JobStatus.RUNNING, host="h", owner="dead")
+        await stores[0].create([job])
+        wins: list[bool] = []
+
+        async def adopt(store: SQLiteStorage, n: int) -> None:
+            mine = attrs.evolve(job, owner=f"heir-{n}")
+            wins.append(
+                await store.take_over(mine, expected=JobStatus.RUNNING, expected_owner="dead")
+            )
+
+        async with anyio.create_task_group() as tg:
+            for n in range(12):
+                tg.start_soon(adopt, stores[n % 4], n)
+        assert sorted(wins) == [False] * 11 + [True]
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_sqlite_leases_are_shared_and_stored_as_utc_text(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    first, second = SQLiteStorage(path), SQLiteStorage(path)
+    await first.open()
+    await second.open()
+    try:
+        await first.renew_lease("m1", 30, info="build-3 pid 1234")
+        await second.renew_lease("m2", 60)
+        assert await first.live_managers() == await second.live_managers() == {"m1", "m2"}
+        await second.drop_lease("m1")
+        assert await first.live_managers() == {"m2"}
+        await first.renew_lease("m1", 30, info="build-3 pid 1234")
+    finally:
+        await first.close()
+        await second.close()
+    async with aiosqlite.connect(path) as db:
+        rows = list(
+            await db.execute_fetchall(
+                "SELECT manager_id, expires_at, renewed_at, info FROM managers ORDER BY manager_id"
+            )
+        )
+    assert [(row[0], row[3]) for row in rows] == [("m1", "build-3 pid 1234"), ("m2", "")]
+    for _, expires_at, renewed_at, _ in rows:
+        assert expires_at.endswith("+00:00") and renewed_at.endswith("+00:00")
+        assert expires_at > renewed_at  # as text, which is how the query compares them
+    expires, renewed = parse_datetime(rows[0][1]), parse_datetime(rows[0][2])
+    assert expires - renewed == timedelta(seconds=30)
+
+
+async def test_sqlite_store_id_belongs_to_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    first, second = SQLiteStorage(path), SQLiteStorage(path)
+    with pytest.raises(StorageError, match="open"):
+        first.store_id  # noqa: B018
+    await first.open()
+    await second.open()
+    try:
+        assert first.store_id == second.store_id
+    finally:
+        await first.close()
+        await second.close()
+    assert first.store_id == second.store_id  # still known once closed
+
+    again = SQLiteStorage(path)
+    await again.open()
+    await again.close()
+    assert again.store_id == first.store_id
+
+    elsewhere = SQLiteStorage(tmp_path / "other.db")
+    await elsewhere.open()
+    await elsewhere.close()
+    assert elsewhere.store_id != first.store_id
+
+
+async def test_sqlite_stores_opening_a_new_file_at_once_agree_on_its_id(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    stores = [SQLiteStorage(path) for _ in range(6)]
+    try:
+        async with anyio.create_task_group() as tg:
+            for store in stores:
+                tg.start_soon(store.open)
+        assert len({store.store_id for store in stores}) == 1
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_sqlite_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
+    # A file written before leases and the store id existed: its jobs stay, and it
+    # gains the new tables and an id.
+    path = tmp_path / "v1.db"
+    job = full_job("old", ["run"])
+    running = make_job("r", status=JobStatus.RUNNING, host="h", owner="m0")
+    async with aiosqlite.connect(path, isolation_level=None) as db:
+        for statement in MIGRATIONS[0]:
+            await db.execute(statement)
+        await db.execute("PRAGMA user_version = 1")
+        for old in (job, running):
+            await db.execute(
+                "INSERT INTO jobs (id, status, host, owner, priority, created_at,"
+                " completed_at, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (old.id, *_job_columns(old)),
+            )
+    store = SQLiteStorage(path)
+    await store.open()
+    try:
+        assert await store.get("old") == job
+        assert await store.active_jobs(owner="m0") == [running]
+        assert uuid.UUID(hex=store.store_id).version == 4
+        await store.renew_lease("m1", 60)
+        assert await store.live_managers() == {"m1"}
+    finally:
+        await store.close()
+    async with aiosqlite.connect(path) as db:
+        (version,) = next(iter(await db.execute_fetchall("PRAGMA user_version")))
+    assert version == SCHEMA_VERSION == 2
 
 
 _CLAIMER = textwrap.dedent(

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from datetime import datetime, timedelta
@@ -21,11 +24,14 @@ from ._dispatch import HostLoad, HostSelectionStrategy, WeightedLeastLoaded
 from ._errors import (
     ContainerJobsError,
     HostUnavailable,
+    ImageNotFound,
     InvalidJobSpec,
+    JobNotFound,
 )
 from ._hosts import DockerHost
 from ._logs import LogHub
 from ._models import (
+    AttemptOutcome,
     EnvironmentTemplate,
     HostHealth,
     Job,
@@ -36,7 +42,14 @@ from ._models import (
     utcnow,
 )
 from ._policy import SecurityPolicy
-from .executors._base import Executor, ExitStatus, PullResult, ResourceSample
+from .executors._base import (
+    LABEL_STORE,
+    Executor,
+    ExitStatus,
+    OutputLine,
+    PullResult,
+    ResourceSample,
+)
 from .storage import InMemoryStorage, Storage
 
 _log = structlog.get_logger("containerjobs")
@@ -48,6 +61,8 @@ _ACTIVE = (JobStatus.LAUNCHING, JobStatus.RUNNING)
 _LOG_FLUSH_INTERVAL = 0.25
 _LOG_DRAIN_GRACE = 30.0  # after exit, how long the log stream may take to end
 _KILL_GRACE = 30.0
+_RECHECK = 2.0  # seconds between health checks of a host that is down
+_MAX_RETRY_DELAY = 60.0
 
 
 def _default_executor(host: DockerHost, manager_id: str, policy: SecurityPolicy) -> Executor:
@@ -181,10 +196,20 @@ class JobManager:
         strategy: how a host is chosen; `WeightedLeastLoaded` when `None`.
         policy: defaults, ceilings and hardening; `SecurityPolicy()` when `None`.
         on_exit: what leaving ``async with`` does to jobs still running here:
-            ``"cancel"`` kills them (the default), ``"wait"`` lets them finish,
-            ``"detach"`` leaves their containers running and their records as they are.
-        health_interval: seconds between health checks of every host.
-        poll_interval: how often the store is read for work submitted elsewhere.
+            ``"cancel"`` kills them, ``"wait"`` lets them finish, ``"detach"`` leaves
+            their containers running for the next manager on the store to adopt.
+            `None` (the default) means ``"detach"`` with a persistent store and
+            ``"cancel"`` with one that dies with the process.
+        health_interval: seconds between health checks of healthy hosts (an unhealthy
+            host is checked every 2 s, so that it comes back soon).
+        poll_interval: how often the store is read for work submitted elsewhere, and
+            the longest pause between reads when waiting on progress made elsewhere.
+        lease_ttl: how long this manager's lease in the store lasts unrenewed; a
+            manager silent for longer is presumed dead and its jobs are adopted.
+        retry_delay: seconds before the first retry of a failed attempt; it doubles
+            with each further attempt, up to a minute.
+        max_log_bytes: output kept per stream and job: past it, the first and last
+            halves are kept, with a line saying what was left out between them.
         manager_id: this manager's identity in container labels and job records.
         executor_factory: builds the executor of a host (a `FakeExecutor` in tests).
     """
@@ -196,9 +221,12 @@ class JobManager:
         storage: Storage | None = None,
         strategy: HostSelectionStrategy | None = None,
         policy: SecurityPolicy | None = None,
-        on_exit: ExitMode = "cancel",
+        on_exit: ExitMode | None = None,
         health_interval: float = 30.0,
         poll_interval: float = 1.0,
+        lease_ttl: float = 30.0,
+        retry_delay: float = 1.0,
+        max_log_bytes: int = 10 * 1024 * 1024,
         manager_id: str | None = None,
         executor_factory: ExecutorFactory | None = None,
     ) -> None:
@@ -208,15 +236,18 @@ class JobManager:
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"host names must be unique; repeated: {', '.join(duplicates)}")
-        if on_exit not in ("cancel", "wait", "detach"):
+        if on_exit not in (None, "cancel", "wait", "detach"):
             raise ValueError(f"on_exit must be 'cancel', 'wait' or 'detach', not {on_exit!r}")
         self.id = manager_id or f"cjm-{uuid.uuid4().hex[:12]}"
         self.storage: Storage = storage if storage is not None else InMemoryStorage()
         self.strategy: HostSelectionStrategy = strategy or WeightedLeastLoaded()
         self.policy = policy or SecurityPolicy()
-        self._on_exit: ExitMode = on_exit
+        self._on_exit = on_exit
         self._health_interval = health_interval
         self._poll_interval = poll_interval
+        self._lease_ttl = lease_ttl
+        self._retry_delay = retry_delay
+        self._max_log_bytes = max_log_bytes
         factory = executor_factory or _default_executor
         self._hosts = {
             host.name: _HostState(host, factory(host, self.id, self.policy)) for host in hosts
@@ -278,8 +309,12 @@ class JobManager:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 if self._hosts:
+                    # Adopt what dead managers left before taking new work.
+                    await self._renew_lease()
+                    await self._reconcile()
                     tg.start_soon(self._dispatch_loop)
                     tg.start_soon(self._health_loop)
+                    tg.start_soon(self._lease_loop)
                 started.set()
                 await self._stop.wait()
                 tg.cancel_scope.cancel()
@@ -296,15 +331,22 @@ class JobManager:
         self._state = "closing"
         try:
             controls = list(self._controls.values())
-            if self._on_exit == "cancel":
+            mode = self.exit_mode
+            if mode == "cancel":
                 for control in controls:
                     control.request_cancel("cancelled: the manager shut down")
-            if self._on_exit in ("cancel", "wait"):
+            if mode in ("cancel", "wait"):
                 for control in controls:
                     await control.done.wait()
+            # With "detach", stopping the task group stops the supervisors; their
+            # containers run on, and the next manager adopts them.
             self._stop.set()
             if self._runner is not None:
                 await self._runner
+            if self._hosts:
+                with anyio.CancelScope(shield=True), suppress(ContainerJobsError):
+                    # Gone for good: others may adopt what is left at once.
+                    await self.storage.drop_lease(self.id)
         finally:
             for subscriber in self._subscribers:
                 subscriber.close()
@@ -318,6 +360,13 @@ class JobManager:
                 with suppress(Exception):
                     await state.executor.close()
             await self.storage.close()
+
+    @property
+    def exit_mode(self) -> ExitMode:
+        """What leaving ``async with`` does to running jobs (see `on_exit`)."""
+        if self._on_exit is not None:
+            return self._on_exit
+        return "detach" if self.storage.persistent else "cancel"
 
     def _check_open(self) -> None:
         if self._state != "open":
@@ -620,11 +669,47 @@ class JobManager:
                 subscriber.send_nowait(record)
 
     async def _advance(self, job: Job, status: JobStatus, **changes: Any) -> Job:
-        new = job.advance(status, **changes)
+        return await self._advance_from(job, job.advance(status, **changes))
+
+    async def _advance_from(self, job: Job, new: Job) -> Job:
         if not await self.storage.update(new, expected=job.status):
             raise _LostRace(await self.storage.get(job.id))
         self._publish(new, job.status)
         return new
+
+    async def _finish_or_retry(
+        self, job: Job, status: JobStatus, error: str | None, *, retryable: bool, **changes: Any
+    ) -> Job:
+        """End the job, unless it failed in a way worth another attempt and has
+        retries left: then it goes back to pending, with this attempt on record."""
+        if status is JobStatus.FAILED and retryable and job.attempts <= job.spec.max_retries:
+            delay = min(self._retry_delay * 2 ** (job.attempts - 1), _MAX_RETRY_DELAY)
+            outcome = AttemptOutcome(
+                attempt=job.attempts,
+                host=job.host,
+                container_id=job.container_id,
+                exit_code=changes.get("exit_code"),
+                error=error,
+                started_at=job.started_at,
+                completed_at=utcnow(),
+            )
+            retried = job.advance(
+                JobStatus.PENDING,
+                previous_attempts=(*job.previous_attempts, outcome),
+                host=None,
+                owner=None,
+                container_id=None,
+                exit_code=None,
+                started_at=None,
+                error=None,
+                retry_at=utcnow() + timedelta(seconds=delay),
+                output_start=await self.storage.log_count(job.id),
+            )
+            self._log.info(
+                "job.retrying", job_id=job.id, attempt=job.attempts, error=error, delay=delay
+            )
+            return await self._advance_from(job, retried)
+        return await self._advance(job, status, error=error, completed_at=utcnow(), **changes)
 
     # --- dispatching ---------------------------------------------------------------
 
@@ -648,8 +733,11 @@ class JobManager:
         free = sum(max(0, s.host.max_concurrent_jobs - active.get(s.host.name, 0)) for s in usable)
         if free == 0:
             return
+        now = utcnow()
         # Read past the free slots: jobs pinned to a full host must not block others.
         for job in await self.storage.pending(limit=free * 4 + 16):
+            if job.retry_at is not None and job.retry_at > now:
+                continue  # the periodic round picks it up when its time comes
             candidates = [
                 HostLoad(s.host, active.get(s.host.name, 0))
                 for s in usable
@@ -673,16 +761,103 @@ class JobManager:
             self._publish(claimed, job.status)
             self._start_supervisor(claimed, self._hosts[choice.host.name])
 
-    def _start_supervisor(self, job: Job, state: _HostState) -> None:
+    def _start_supervisor(self, job: Job, state: _HostState, adopt: str | None = None) -> None:
         assert self._tg is not None
         control = self._controls[job.id] = _Control()
-        self._tg.start_soon(self._supervise, job, state, control, name=f"job {job.id}")
+        self._tg.start_soon(self._supervise, job, state, control, adopt, name=f"job {job.id}")
+
+    # --- leases and reconciliation -------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """Reconcile now rather than at the next periodic round: adopt the jobs of
+        managers whose lease has run out, and remove labelled containers of this store
+        whose job is gone or finished."""
+        self._check_open()
+        await self._reconcile()
+
+    async def _renew_lease(self) -> None:
+        info = f"{socket.gethostname()} pid {os.getpid()}"
+        await self.storage.renew_lease(self.id, self._lease_ttl, info=info)
+
+    async def _lease_loop(self) -> None:
+        # Renew well before expiry; reconcile as often, to adopt the jobs of managers
+        # whose lease ran out and to remove containers nobody owns.
+        while True:
+            await anyio.sleep(self._lease_ttl / 3)
+            try:
+                await self._renew_lease()
+                await self._reconcile()
+            except ContainerJobsError as exc:
+                self._log.error("reconcile.failed", error=str(exc))
+
+    async def _reconcile(self) -> None:
+        live = await self.storage.live_managers() | {self.id}
+        for job in await self.storage.active_jobs():
+            if job.owner in live or job.id in self._controls:
+                continue
+            state = self._hosts.get(job.host or "")
+            if state is None or not state.usable:
+                continue  # not a host we can reach: another manager's to adopt
+            await self._adopt(job, state)
+        # Safe with any store: containers are matched to this store by its identity.
+        for state in self._hosts.values():
+            if state.usable:
+                await self._remove_orphans(state)
+
+    async def _adopt(self, job: Job, state: _HostState) -> None:
+        log = self._log.bind(job_id=job.id, host=state.host.name, previous_owner=job.owner)
+        mine = attrs.evolve(job, owner=self.id)
+        if not await self.storage.take_over(mine, expected=job.status, expected_owner=job.owner):
+            return  # another manager adopted it first
+        found = {info.container_id: info for info in await state.executor.find(job_id=job.id)}
+        info = found.get(job.container_id or "") or next(iter(found.values()), None)
+        if info is None or not info.started:
+            # It never ran (or its container vanished while it ran).
+            for leftover in found:
+                await state.executor.remove(leftover)
+            if job.status is JobStatus.LAUNCHING:
+                log.info("job.requeued", reason="its launch never completed")
+                requeued = mine.advance(JobStatus.PENDING, host=None, owner=None, container_id=None)
+                await self._advance_from(mine, requeued)
+                return
+            error = (
+                f"the container of job {job.id} is gone from host {state.host.name!r} "
+                f"(its manager {job.owner} stopped while it ran)"
+            )
+            log.warning("job.container_gone")
+            await self._finish_or_retry(mine, JobStatus.FAILED, error, retryable=True)
+            return
+        log.info("job.adopted", container_id=info.container_id[:12], state=info.state)
+        self._start_supervisor(mine, state, adopt=info.container_id)
+
+    async def _remove_orphans(self, state: _HostState) -> None:
+        for info in await state.executor.find():
+            # Only containers of this store: another store's are another system's.
+            if info.store_id != self.storage.store_id or info.job_id in self._controls:
+                continue
+            try:
+                job: Job | None = await self.storage.get(info.job_id)
+            except JobNotFound:
+                job = None
+            if job is None or job.status.is_terminal:
+                self._log.warning(
+                    "container.orphan_removed",
+                    host=state.host.name,
+                    job_id=info.job_id,
+                    container_id=info.container_id[:12],
+                    reason="no such job" if job is None else f"job is {job.status}",
+                )
+                await state.executor.remove(info.container_id)
 
     # --- health --------------------------------------------------------------------
 
     async def _health_loop(self) -> None:
         while True:
-            await anyio.sleep(self._health_interval)
+            healthy = all(s.health.healthy for s in self._hosts.values() if s.host.active)
+            # A host that went away is asked again soon, so its queue moves once it is back.
+            await anyio.sleep(
+                self._health_interval if healthy else min(self._health_interval, _RECHECK)
+            )
             await self._check_health()
 
     async def _check_health(self) -> None:
@@ -713,10 +888,12 @@ class JobManager:
 
     # --- supervising one job -------------------------------------------------------
 
-    async def _supervise(self, job: Job, state: _HostState, control: _Control) -> None:
+    async def _supervise(
+        self, job: Job, state: _HostState, control: _Control, adopt: str | None
+    ) -> None:
         log = self._log.bind(job_id=job.id, host=state.host.name)
         try:
-            await self._execute(job, state, control, log)
+            await self._execute(job, state, control, adopt, log)
         except _LostRace as race:
             log.info("job.superseded", status=str(race.current.status))
         except Exception as exc:
@@ -740,52 +917,74 @@ class JobManager:
         job: Job,
         state: _HostState,
         control: _Control,
+        adopt: str | None,
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
         executor = state.executor
-        log.info("job.launching", image=job.spec.image, attempt=job.attempts)
-        try:
-            container_id = await executor.launch(job)
-        except HostUnavailable as exc:
-            self._set_health(state, HostHealth(False, None, str(exc), utcnow()))
-            log.warning("job.launch_failed", error=str(exc))
-            await self._advance(job, JobStatus.FAILED, error=str(exc), completed_at=utcnow())
-            return
-        except ContainerJobsError as exc:
-            log.warning("job.launch_failed", error=str(exc))
-            await self._advance(job, JobStatus.FAILED, error=str(exc), completed_at=utcnow())
-            return
+        if adopt is None:
+            log.info("job.launching", image=job.spec.image, attempt=job.attempts)
+            try:
+                container_id = await executor.launch(
+                    job, labels={LABEL_STORE: self.storage.store_id}
+                )
+            except ContainerJobsError as exc:
+                log.warning("job.launch_failed", error=str(exc))
+                if isinstance(exc, HostUnavailable):
+                    self._set_health(state, HostHealth(False, None, str(exc), utcnow()))
+                # A missing image stays missing; anything else may pass on a retry.
+                await self._finish_or_retry(
+                    job, JobStatus.FAILED, str(exc), retryable=not isinstance(exc, ImageNotFound)
+                )
+                return
+        else:
+            container_id = adopt
         log = log.bind(container_id=container_id[:12])
+        output = _Output(self._max_log_bytes)
+        if adopt is not None:
+            # Go on from the lines already stored, so none is lost or doubled.
+            await self._restore_output(job, output)
         hub = self._hubs[job.id] = LogHub(
             job.id, await self.storage.log_count(job.id), self.storage.append_logs
         )
         try:
-            try:
-                job = await self._advance(
-                    job, JobStatus.RUNNING, container_id=container_id, started_at=utcnow()
-                )
-            except _LostRace:
-                # Cancelled while launching: the container must not outlive the job.
-                with anyio.CancelScope(shield=True):
-                    await executor.remove(container_id)
-                raise
-            log.info("job.running")
-            await self._watch_container(job, executor, container_id, control, hub, log)
+            if job.status is JobStatus.LAUNCHING:
+                try:
+                    job = await self._advance(
+                        job, JobStatus.RUNNING, container_id=container_id, started_at=utcnow()
+                    )
+                except _LostRace:
+                    # Cancelled while launching: the container must not outlive the job.
+                    with anyio.CancelScope(shield=True):
+                        await executor.remove(container_id)
+                    raise
+            log.info("job.running", adopted=adopt is not None)
+            await self._watch_container(job, state, container_id, control, hub, output, log)
         finally:
+            with anyio.CancelScope(shield=True), suppress(ContainerJobsError):
+                # A detached job's next manager goes on from what is stored.
+                await hub.flush()
             hub.close()
             self._hubs.pop(job.id, None)
+
+    async def _restore_output(self, job: Job, output: _Output) -> None:
+        after = job.output_start - 1
+        while batch := await self.storage.read_logs(job.id, after=after, limit=5000):
+            for stored in batch:
+                output.add(OutputLine(stored.line))
+            after = batch[-1].seq
 
     async def _watch_container(
         self,
         job: Job,
-        executor: Executor,
+        state: _HostState,
         container_id: str,
         control: _Control,
         hub: LogHub,
+        output: _Output,
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
+        executor = state.executor
         usage = _Usage()
-        output = _Output()
         async with anyio.create_task_group() as tg:
             pump_done = anyio.Event()
             tg.start_soon(self._pump_logs, executor, container_id, hub, output, pump_done, log)
@@ -799,6 +998,10 @@ class JobManager:
         if end.failure is None and not output.complete:
             # The stream broke before the container stopped: read what it missed.
             await self._catch_up_logs(executor, container_id, hub, output, log)
+        if end.failure is not None:
+            await self._check_host(state)  # the host may be gone: stop placing jobs there
+        for line in output.finish():
+            hub.add(line)
         with anyio.CancelScope(shield=True):
             await hub.flush()
             try:
@@ -807,15 +1010,18 @@ class JobManager:
             except ContainerJobsError as exc:
                 log.warning("container.remove_failed", error=str(exc))
             status, error = self._outcome(job, end, output, control)
-            done = await self._advance(
+            oom = bool(end.exit and end.exit.oom_killed)
+            done = await self._finish_or_retry(
                 job,
                 status,
+                error,
+                # Timeouts, cancels and OOM kills would only happen again.
+                retryable=end.reason is None and not oom,
                 exit_code=end.exit.exit_code if end.exit else None,
-                oom_killed=bool(end.exit and end.exit.oom_killed),
-                error=error,
-                completed_at=utcnow(),
+                oom_killed=oom,
                 stdout=output.text("stdout"),
                 stderr=output.text("stderr"),
+                logs_truncated=output.truncated,
                 max_memory_bytes=usage.peak_memory,
                 cpu_usage_percent=usage.cpu_percent,
             )
@@ -845,7 +1051,11 @@ class JobManager:
             except ContainerJobsError as exc:
                 end.failure = str(exc) or "the host stopped answering"
 
-        with anyio.move_on_after(job.spec.timeout_seconds) as deadline:
+        remaining = job.spec.timeout_seconds
+        if remaining is not None and job.started_at is not None:
+            # An adopted job has used part of its time already.
+            remaining -= (utcnow() - job.started_at).total_seconds()
+        with anyio.move_on_after(remaining) as deadline:
             async with anyio.create_task_group() as race:
 
                 async def first(step: Callable[[], Awaitable[Any]]) -> None:
@@ -923,11 +1133,7 @@ class JobManager:
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
         try:
-            async for item in executor.logs(container_id):
-                output.add(item.line, item.newline)
-                hub.add(item.line)
-                if hub.wants_flush:
-                    await hub.flush()
+            await self._read_logs(executor, container_id, hub, output, follow=True)
             output.complete = True
         except ContainerJobsError as exc:
             log.warning("logs.stream_broken", error=str(exc))
@@ -942,19 +1148,27 @@ class JobManager:
         output: _Output,
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
-        # Read again from the last timestamp seen, skipping the lines at that instant
-        # we already have: the engine replays them in the same order.
-        skip = output.seen_at_last
         try:
-            async for item in executor.logs(container_id, since=output.last_ts, follow=False):
-                if skip and item.line.timestamp == output.last_ts:
-                    skip -= 1
-                    continue
-                output.add(item.line, item.newline)
-                hub.add(item.line)
+            await self._read_logs(executor, container_id, hub, output, follow=False)
         except ContainerJobsError as exc:
             output.lost = str(exc)
             log.error("logs.incomplete", error=str(exc))
+
+    @staticmethod
+    async def _read_logs(
+        executor: Executor, container_id: str, hub: LogHub, output: _Output, *, follow: bool
+    ) -> None:
+        # Read from the last timestamp seen, skipping the lines at that instant we
+        # already have: the engine replays them in the same order.
+        since, skip = output.last_ts, output.seen_at_last
+        async for item in executor.logs(container_id, since=since, follow=follow):
+            if skip and item.line.timestamp == since:
+                skip -= 1
+                continue
+            if output.add(item):
+                hub.add(item.line)
+                if hub.wants_flush:
+                    await hub.flush()
 
     async def _sample_stats(
         self,
@@ -979,20 +1193,70 @@ class JobManager:
 
 @attrs.define
 class _Output:
-    """stdout and stderr rebuilt from the lines, and where the stream got to."""
+    """A job's output as it is read: stdout and stderr rebuilt, within a size cap.
 
+    Past `cap` bytes in a stream, the first half is kept as it came and the last half
+    is held back, the oldest lines falling out; `finish` then gives a marker line
+    saying what was left out, and the tail.
+    """
+
+    cap: int
     parts: dict[str, list[str]] = attrs.Factory(lambda: {"stdout": [], "stderr": []})
+    head_bytes: dict[str, int] = attrs.Factory(lambda: {"stdout": 0, "stderr": 0})
+    tail: dict[str, deque[OutputLine]] = attrs.Factory(
+        lambda: {"stdout": deque(), "stderr": deque()}
+    )
+    tail_bytes: dict[str, int] = attrs.Factory(lambda: {"stdout": 0, "stderr": 0})
+    dropped: dict[str, int] = attrs.Factory(lambda: {"stdout": 0, "stderr": 0})
     complete: bool = False  # the stream ended by itself, not broken
     lost: str | None = None  # why some output could not be read
     last_ts: datetime | None = None
     seen_at_last: int = 0  # lines seen with timestamp last_ts
 
-    def add(self, line: LogLine, newline: bool) -> None:
-        self.parts[line.stream].append(line.text + "\n" if newline else line.text)
+    def add(self, item: OutputLine) -> bool:
+        """Take a line; True when it is kept now, False when held in the tail."""
+        line = item.line
         if line.timestamp == self.last_ts:
             self.seen_at_last += 1
         else:
             self.last_ts, self.seen_at_last = line.timestamp, 1
+        stream = line.stream
+        size = len(line.text.encode()) + 1
+        if not self.tail[stream] and self.head_bytes[stream] + size <= self.cap // 2:
+            self.head_bytes[stream] += size
+            self.parts[stream].append(line.text + "\n" if item.newline else line.text)
+            return True
+        self.tail[stream].append(item)
+        self.tail_bytes[stream] += size
+        while self.tail_bytes[stream] > self.cap // 2 and len(self.tail[stream]) > 1:
+            old = self.tail[stream].popleft()
+            self.tail_bytes[stream] -= len(old.line.text.encode()) + 1
+            self.dropped[stream] += 1
+        return False
+
+    @property
+    def truncated(self) -> bool:
+        return any(self.dropped.values())
+
+    def finish(self) -> list[LogLine]:
+        """The lines held back: per stream a marker (when lines fell out), then its
+        tail; both streams in time order."""
+        lines: list[OutputLine] = []
+        for stream, tail in self.tail.items():
+            if self.dropped[stream]:
+                marker = (
+                    f"[containerjobs: {self.dropped[stream]} lines left out here: the "
+                    f"{stream} of this job passed {self.cap} bytes]"
+                )
+                first = tail[0].line
+                lines.append(OutputLine(LogLine(first.stream, marker, first.timestamp)))
+            lines.extend(tail)
+            tail.clear()
+        lines.sort(key=lambda item: item.line.timestamp)
+        for item in lines:
+            text = item.line.text
+            self.parts[item.line.stream].append(text + "\n" if item.newline else text)
+        return [item.line for item in lines]
 
     def text(self, stream: str) -> str:
         return "".join(self.parts[stream])

@@ -366,6 +366,8 @@ class Job:
     owner: str | None = None
     cancel_requested: bool = False
     previous_attempts: tuple[AttemptOutcome, ...] = ()
+    retry_at: datetime | None = None  # a retried job waits in pending until then
+    output_start: int = 0  # the log seq where the current attempt's output begins
 
     @property
     def duration(self) -> float | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import posixpath
+import stat
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
@@ -146,7 +146,7 @@ class SecurityPolicy:
         source = os.path.realpath(mount.source)
         if not os.path.exists(source):
             raise InvalidJobSpec(f"mount source {mount.source!r} does not exist")
-        if posixpath.basename(source).endswith(".sock") or "docker.sock" in source:
+        if stat.S_ISSOCK(os.stat(source).st_mode) or "docker.sock" in source:
             self._refuse("mounts", mount.source, "sockets are never mounted")
         for forbidden in FORBIDDEN_MOUNT_SOURCES:
             # Refuse a forbidden folder, anything inside it, and any folder that holds

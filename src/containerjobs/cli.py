@@ -22,7 +22,7 @@ import anyio
 import structlog
 
 from ._errors import ContainerJobsError
-from ._hosts import DockerHost
+from ._hosts import DockerHost, TLSConfig
 from ._manager import JobManager
 from ._models import Job, JobSpec, JobStatus, LogLine
 from .storage import InMemoryStorage, SQLiteStorage, Storage
@@ -94,6 +94,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     store_option(run, required=False)
 
+    worker = commands.add_parser(
+        "worker", help="run the jobs of a shared store until SIGTERM or SIGINT"
+    )
+    worker.add_argument(
+        "--host",
+        dest="hosts",
+        action="append",
+        default=[],
+        type=_host,
+        metavar="[NAME=]URL",
+        help="a Docker daemon to run jobs on (repeatable; default: DOCKER_HOST, else the "
+        "local socket)",
+    )
+    worker.add_argument(
+        "--tls-dir", metavar="DIR", help="ca.pem, cert.pem and key.pem for the tcp:// hosts"
+    )
+    worker.add_argument(
+        "--max-jobs", type=int, default=10, metavar="N", help="jobs at once per host (default: 10)"
+    )
+    worker.add_argument(
+        "--on-exit",
+        choices=["detach", "cancel", "wait"],
+        default="detach",
+        help="what stopping does to running jobs (default: detach, so the next worker adopts them)",
+    )
+    worker.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a worker silent this long is presumed dead (default: 30)",
+    )
+    store_option(worker, required=True)
+
     jobs = commands.add_parser("jobs", help="list jobs, newest first")
     jobs.add_argument("--status", choices=[s.value for s in JobStatus])
     jobs.add_argument("--limit", type=int, default=20)
@@ -122,6 +156,51 @@ class _StderrLogger(structlog.PrintLogger):
             super().msg(message)
 
     log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+
+def _host(text: str) -> tuple[str | None, str]:
+    name, sep, url = text.partition("=")
+    if sep and "://" not in name:
+        return name, url
+    return None, text
+
+
+def _worker_hosts(args: argparse.Namespace) -> list[DockerHost]:
+    if not args.hosts:
+        return [DockerHost.from_env(max_concurrent_jobs=args.max_jobs)]
+    tls = TLSConfig.from_cert_path(args.tls_dir) if args.tls_dir else None
+    return [
+        DockerHost(
+            name or f"host{i}",
+            url,
+            max_concurrent_jobs=args.max_jobs,
+            tls=tls if url.startswith("tcp://") else None,
+        )
+        for i, (name, url) in enumerate(args.hosts, start=1)
+    ]
+
+
+async def _work(args: argparse.Namespace) -> int:
+    manager = JobManager(
+        hosts=_worker_hosts(args),
+        storage=SQLiteStorage(args.db),
+        on_exit=args.on_exit,
+        lease_ttl=args.lease_ttl,
+    )
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with manager:
+            health = await manager.health()
+            for name, state in health.items():
+                status = "healthy" if state.healthy else f"unhealthy: {state.error}"
+                print(f"containerjobs worker {manager.id}: host {name} {status}", file=sys.stderr)
+            async for received in signals:
+                print(
+                    f"containerjobs worker {manager.id}: {signal.Signals(received).name}, "
+                    f"stopping ({manager.exit_mode} running jobs)",
+                    file=sys.stderr,
+                )
+                break
+    return 0
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -241,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return anyio.run(_run, args)
+        if args.command == "worker":
+            return anyio.run(_work, args)
         return anyio.run(_read, args)
     except (ContainerJobsError, ValueError, TypeError) as exc:
         print(f"containerjobs: {exc}", file=sys.stderr)

@@ -19,7 +19,7 @@ would against Docker.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 
 import anyio
@@ -30,6 +30,7 @@ from ._hosts import DockerHost
 from ._models import Job, LogLine, Stream
 from ._policy import SecurityPolicy
 from .executors._base import (
+    LABEL_STORE,
     ContainerInfo,
     ExitStatus,
     OutputLine,
@@ -71,6 +72,7 @@ class _Container:
     job: Job
     run: FakeRun
     lines: list[OutputLine]
+    labels: dict[str, str] = attrs.Factory(dict)
     exited: anyio.Event = attrs.Factory(anyio.Event)
     status: ExitStatus | None = None
 
@@ -114,7 +116,7 @@ class FakeExecutor:
         if not self.healthy:
             raise HostUnavailable(f"host {self.name!r} is down (fake)")
 
-    async def launch(self, job: Job) -> str:
+    async def launch(self, job: Job, *, labels: Mapping[str, str] | None = None) -> str:
         await self.ping()
         run = self._behaviour(job)
         if run.launch_error is not None:
@@ -122,7 +124,7 @@ class FakeExecutor:
         container_id = f"fake{next(self._ids):012d}"
         now = datetime.now(UTC)
         lines = _lines("stdout", run.stdout, now) + _lines("stderr", run.stderr, now)
-        container = self.containers[container_id] = _Container(job, run, lines)
+        container = self.containers[container_id] = _Container(job, run, lines, dict(labels or {}))
         self.launched.append(job)
         self.running += 1
         self.max_running = max(self.max_running, self.running)
@@ -185,7 +187,10 @@ class FakeExecutor:
 
     async def find(self, *, job_id: str | None = None) -> list[ContainerInfo]:
         return [
-            ContainerInfo(cid, c.job.id, self._manager_id, c.status is None)
+            ContainerInfo(
+                cid, c.job.id, self._manager_id, c.labels.get(LABEL_STORE),
+                "running" if c.status is None else "exited",
+            )
             for cid, c in self.containers.items()
             if job_id is None or c.job.id == job_id
         ]

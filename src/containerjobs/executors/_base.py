@@ -11,7 +11,7 @@ Every container an executor creates carries the labels `LABEL_JOB_ID` and
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -22,6 +22,7 @@ from .._models import Job, LogLine
 LABEL_JOB_ID = "containerjobs.job_id"
 LABEL_MANAGER = "containerjobs.manager"
 LABEL_ATTEMPT = "containerjobs.attempt"
+LABEL_STORE = "containerjobs.store"
 
 
 @attrs.frozen
@@ -70,7 +71,17 @@ class ContainerInfo:
     container_id: str
     job_id: str
     manager_id: str | None
-    running: bool
+    store_id: str | None
+    state: str  # the engine's word: "created", "running", "exited", ...
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    @property
+    def started(self) -> bool:
+        """Whether it ever ran: a container only created never started its command."""
+        return self.state != "created"
 
 
 @attrs.frozen
@@ -108,8 +119,11 @@ class Executor(Protocol):
         """Return when the engine answers; raise `HostUnavailable` saying why it doesn't."""
         ...
 
-    async def launch(self, job: Job) -> str:
+    async def launch(self, job: Job, *, labels: Mapping[str, str] | None = None) -> str:
         """Create and start the container of `job`'s current attempt; return its id.
+
+        `labels` are added to the container's (the manager passes the store's
+        identity, `LABEL_STORE`, so that containers of another store are left alone).
 
         Pulls the image as ``job.spec.pull_policy`` says. The spec is the effective
         one (the policy's defaults applied). When launching fails or is cancelled

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +31,7 @@ from aiodocker.exceptions import DockerError
 from aiodocker.utils import compose_auth_header
 
 from .._errors import ContainerJobsError, ExecutorError, HostUnavailable, ImageNotFound
-from .._hosts import DockerHost
+from .._hosts import DockerHost, TLSConfig
 from .._images import parse_image
 from .._models import Job, LogLine, Stream
 from .._policy import SecurityPolicy
@@ -39,6 +39,7 @@ from ._base import (
     LABEL_ATTEMPT,
     LABEL_JOB_ID,
     LABEL_MANAGER,
+    LABEL_STORE,
     ContainerInfo,
     ExitStatus,
     OutputLine,
@@ -172,8 +173,10 @@ class DockerExecutor:
         if url.startswith("unix://"):
             connector = aiohttp.UnixConnector(url[len("unix://") :], limit=limit)
             url = "unix://localhost"  # aiodocker composes request URLs from it
-        elif self._host.tls is not None:
-            ssl_context = self._host.tls.ssl_context()
+        elif self._host.tls is not None or url.startswith("https://"):
+            # An https:// URL without TLSConfig verifies against the system's CAs.
+            tls = self._host.tls or TLSConfig()
+            ssl_context = tls.ssl_context()
             connector = aiohttp.TCPConnector(ssl=ssl_context, limit=limit)
             url = "https://" + url.split("://", 1)[1]
         else:
@@ -265,8 +268,9 @@ class DockerExecutor:
             }
         return config
 
-    async def launch(self, job: Job) -> str:
+    async def launch(self, job: Job, *, labels: Mapping[str, str] | None = None) -> str:
         config = self._container_config(job)
+        config["Labels"].update(labels or {})
         name = f"cj-{job.id}-{job.attempts}"
         if job.spec.pull_policy == "always":
             await self._pull_or_raise(job.spec.image)
@@ -508,7 +512,8 @@ class DockerExecutor:
                 container_id=item["Id"],
                 job_id=item["Labels"][LABEL_JOB_ID],
                 manager_id=item["Labels"].get(LABEL_MANAGER),
-                running=item.get("State") == "running",
+                store_id=item["Labels"].get(LABEL_STORE),
+                state=str(item.get("State") or "unknown"),
             )
             for item in found
         ]

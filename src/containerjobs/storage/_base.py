@@ -1,4 +1,5 @@
-"""The `Storage` protocol: where jobs, their logs and environment templates live.
+"""The `Storage` protocol: where jobs, their logs, environment templates and the
+leases of the managers sharing them live.
 
 A store is the single source of truth for a job's status. The manager never keeps a
 status only in memory: every change goes through `Storage.update`, a compare-and-set
@@ -44,6 +45,17 @@ class Storage(Protocol):
         """Whether records outlive the process (decides what the manager does on exit)."""
         ...
 
+    @property
+    def store_id(self) -> str:
+        """A random id of the store itself (32 hex digits), fixed for its whole life.
+
+        Every object opened on the same store sees the same id, and another store has
+        another: managers compare it to learn whether they share one. A store kept in
+        a file makes it once, when the file is created, and reads it in `open`; before
+        that, reading it raises `StorageError`.
+        """
+        ...
+
     async def open(self) -> None:
         """Connect, create or migrate the schema. Called once by the manager."""
         ...
@@ -86,10 +98,29 @@ class Storage(Protocol):
         """
         ...
 
+    async def take_over(self, job: Job, *, expected: JobStatus, expected_owner: str | None) -> bool:
+        """Like `update`, but only if the stored owner also still is `expected_owner`.
+
+        `None` matches a job that has no owner (and only such a job). This is how a
+        manager adopts a job of a manager whose lease has run out: it writes the job
+        with itself as ``owner``, expecting the status it saw and the dead owner's
+        id, and exactly one of several racing adopters gets ``True``. Raises
+        `JobNotFound` when the job is gone.
+        """
+        ...
+
     async def claim(self, job: Job, *, max_active: int) -> bool:
         """Like `update` from PENDING, and only while fewer than `max_active` jobs are
         launching or running on ``job.host``; both checks and the write are one atomic
         step, so per-host limits hold across processes sharing the store."""
+        ...
+
+    async def active_jobs(self, *, owner: str | None = None) -> builtins.list[Job]:
+        """Every job launching or running, newest first like `list`, with no limit.
+
+        Of one manager when `owner` is given, else of all (jobs with no owner too).
+        What a manager reconciles with the containers it finds on its hosts.
+        """
         ...
 
     async def count_active(self) -> dict[str, int]:
@@ -123,6 +154,41 @@ class Storage(Protocol):
 
     async def log_count(self, job_id: str) -> int:
         """How many lines are stored for the job (the next `seq` to write)."""
+        ...
+
+    async def last_logs(self, job_id: str, count: int) -> builtins.list[StoredLine]:
+        """The last `count` stored lines of the job (fewer if it has fewer), in order.
+
+        For resuming a log stream: the last line's timestamp and how many of these
+        lines share it tell where to pick up. An unknown job has none; a negative
+        `count` raises `ValueError`.
+        """
+        ...
+
+    # --- manager leases ---------------------------------------------------------
+    #
+    # A manager sharing the store with others renews its lease well within the ttl
+    # for as long as it runs; one whose lease has run out is taken for dead, and the
+    # others may adopt its jobs with `take_over`. Times come from the store's clock.
+
+    async def renew_lease(self, manager_id: str, ttl: float, *, info: str = "") -> None:
+        """Create the manager's lease, or set it anew, to expire `ttl` seconds from now.
+
+        `info` is a free-form description for people looking at the store (such as
+        ``"build-3 pid 1234"``); each renewal replaces it. A manager whose lease had
+        run out is alive again once it renews, but others may have adopted its jobs
+        meanwhile: it must not assume it still owns them. A `ttl` that is not a
+        finite number greater than 0 raises `ValueError`.
+        """
+        ...
+
+    async def drop_lease(self, manager_id: str) -> None:
+        """Delete the manager's lease (a clean shutdown: its jobs may be adopted at
+        once). No error when it has none."""
+        ...
+
+    async def live_managers(self) -> set[str]:
+        """Ids of the managers whose lease has not run out."""
         ...
 
     # --- environment templates -------------------------------------------------

@@ -8,8 +8,9 @@ records, their tuples and dicts) it walks by itself, so a field added to `Job` o
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import cattrs
@@ -25,9 +26,11 @@ __all__ = [
     "converter",
     "dump_job",
     "format_datetime",
+    "lease_expiry",
     "load_job",
     "parse_datetime",
     "status_filter",
+    "store_now",
 ]
 
 # The declared type of `JobSpec.command`, spelled the same so the hooks match it.
@@ -103,11 +106,30 @@ def load_job(text: str) -> Job:
 # --- argument checks every backend makes the same way -------------------------------
 
 
-def check_limit(limit: int | None) -> None:
+def check_limit(limit: int | None, *, name: str = "limit") -> None:
     # SQL reads LIMIT -1 as "no limit" and a slice reads it as "all but one": refuse it
     # everywhere so backends cannot disagree.
     if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0 or None, got {limit}")
+        raise ValueError(f"{name} must be >= 0 or None, got {limit}")
+
+
+def store_now() -> datetime:
+    # The clock of leases, the same in every backend. SQLite's own clock would be no
+    # better: it is the clock of whichever process runs the statement. Managers on
+    # several hosts sharing one file (over a network file system) therefore need
+    # their clocks kept in sync, to well within a lease's ttl.
+    return datetime.now(UTC)
+
+
+def lease_expiry(now: datetime, ttl: float) -> datetime:
+    # A ttl of 0 or less would make a lease that is dead on arrival, and NaN one that
+    # compares false with everything: both are bugs of the caller, refused alike.
+    if not (math.isfinite(ttl) and ttl > 0):
+        raise ValueError(f"a lease's ttl must be a finite number of seconds > 0, got {ttl!r}")
+    try:
+        return now + timedelta(seconds=ttl)
+    except OverflowError:
+        raise ValueError(f"a lease's ttl of {ttl!r} seconds is too long") from None
 
 
 def check_log_sequence(job_id: str, lines: Sequence[StoredLine], *, next_seq: int) -> None:

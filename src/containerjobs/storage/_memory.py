@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import builtins
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
+from typing import NamedTuple
 
 from anyio.lowlevel import checkpoint
 
 from .._errors import JobNotFound, StorageError, TemplateNotFound
 from .._models import EnvironmentTemplate, Job, JobStatus
 from ._base import StoredLine
-from ._codec import as_utc, check_limit, check_log_sequence, status_filter
+from ._codec import (
+    as_utc,
+    check_limit,
+    check_log_sequence,
+    lease_expiry,
+    status_filter,
+    store_now,
+)
 
 __all__ = ["InMemoryStorage"]
 
@@ -21,6 +30,12 @@ _ACTIVE = frozenset({JobStatus.LAUNCHING, JobStatus.RUNNING})
 
 def _newest_first(job: Job) -> tuple[datetime, str]:
     return (job.created_at, job.id)
+
+
+class _Lease(NamedTuple):
+    expires_at: datetime
+    renewed_at: datetime
+    info: str
 
 
 class InMemoryStorage:
@@ -36,10 +51,16 @@ class InMemoryStorage:
         # Index in the list == seq, which the no-gap rule of append_logs guarantees.
         self._logs: dict[str, builtins.list[StoredLine]] = {}
         self._templates: dict[str, EnvironmentTemplate] = {}
+        self._leases: dict[str, _Lease] = {}
+        self._store_id = uuid.uuid4().hex
 
     @property
     def persistent(self) -> bool:
         return False
+
+    @property
+    def store_id(self) -> str:
+        return self._store_id
 
     def __repr__(self) -> str:
         return f"InMemoryStorage(jobs={len(self._jobs)})"
@@ -105,6 +126,16 @@ class InMemoryStorage:
         self._jobs[job.id] = job
         return True
 
+    async def take_over(self, job: Job, *, expected: JobStatus, expected_owner: str | None) -> bool:
+        await checkpoint()
+        current = self._jobs.get(job.id)
+        if current is None:
+            raise JobNotFound(f"no job with id {job.id!r}")
+        if current.status is not expected or current.owner != expected_owner:
+            return False
+        self._jobs[job.id] = job
+        return True
+
     async def claim(self, job: Job, *, max_active: int) -> bool:
         await checkpoint()
         if job.host is None:
@@ -121,6 +152,16 @@ class InMemoryStorage:
             return False
         self._jobs[job.id] = job
         return True
+
+    async def active_jobs(self, *, owner: str | None = None) -> builtins.list[Job]:
+        await checkpoint()
+        found = [
+            job
+            for job in self._jobs.values()
+            if job.status in _ACTIVE and (owner is None or job.owner == owner)
+        ]
+        found.sort(key=_newest_first, reverse=True)
+        return found
 
     async def count_active(self) -> dict[str, int]:
         await checkpoint()
@@ -189,6 +230,29 @@ class InMemoryStorage:
     async def log_count(self, job_id: str) -> int:
         await checkpoint()
         return len(self._logs.get(job_id, ()))
+
+    async def last_logs(self, job_id: str, count: int) -> builtins.list[StoredLine]:
+        await checkpoint()
+        check_limit(count, name="count")
+        stored = self._logs.get(job_id, [])
+        # Not stored[-count:]: with count == 0 that slice is the whole list.
+        return stored[max(len(stored) - count, 0) :]
+
+    # --- manager leases ---------------------------------------------------------
+
+    async def renew_lease(self, manager_id: str, ttl: float, *, info: str = "") -> None:
+        await checkpoint()
+        now = store_now()
+        self._leases[manager_id] = _Lease(lease_expiry(now, ttl), now, info)
+
+    async def drop_lease(self, manager_id: str) -> None:
+        await checkpoint()
+        self._leases.pop(manager_id, None)
+
+    async def live_managers(self) -> set[str]:
+        await checkpoint()
+        now = store_now()
+        return {manager_id for manager_id, lease in self._leases.items() if lease.expires_at > now}
 
     # --- environment templates --------------------------------------------------
 

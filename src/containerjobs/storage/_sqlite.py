@@ -21,9 +21,11 @@ from ._codec import (
     check_log_sequence,
     dump_job,
     format_datetime,
+    lease_expiry,
     load_job,
     parse_datetime,
     status_filter,
+    store_now,
 )
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage"]
@@ -73,6 +75,31 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    (
+        # A manager is alive while now < expires_at; both times are fixed-width UTC
+        # text like the jobs' datetimes, so SQL compares them as text. `info` only
+        # helps a person looking at the file tell the managers apart.
+        """
+        CREATE TABLE managers (
+            manager_id TEXT PRIMARY KEY NOT NULL,
+            expires_at TEXT NOT NULL,
+            renewed_at TEXT NOT NULL,
+            info       TEXT NOT NULL DEFAULT ''
+        )
+        """,
+        "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)",
+        # The store's id is made here, in SQL, so it is written in the same transaction
+        # as the table (and as the version bump): no file has a meta table without an
+        # id, and of several processes opening a new file only the one that runs this
+        # migration makes one. It is a uuid4 in hex: 32 random hex digits except the
+        # version digit (index 12, always 4) and the variant digit (index 16, 8 to b).
+        """
+        INSERT INTO meta (key, value) VALUES ('store_id', lower(
+            hex(randomblob(6)) || '4' || substr(hex(randomblob(2)), 2)
+            || substr('89ab', 1 + (random() & 3), 1) || substr(hex(randomblob(8)), 2)
+        ))
+        """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -119,10 +146,22 @@ class SQLiteStorage:
         self._path = os.fspath(path)
         self._db: aiosqlite.Connection | None = None
         self._lock = anyio.Lock()
+        # Read from the file by open(); kept after close(), as it cannot change.
+        self._store_id: str | None = None
 
     @property
     def persistent(self) -> bool:
         return True
+
+    @property
+    def store_id(self) -> str:
+        # Note that on Python 3.11, isinstance(store, Storage) reads every member of
+        # the protocol, this one included, so it raises on a store not yet opened.
+        if self._store_id is None:
+            raise StorageError(
+                f"SQLite store {self._path!r} has no store_id until it is opened: call open() first"
+            )
+        return self._store_id
 
     @property
     def path(self) -> str:
@@ -189,10 +228,12 @@ class SQLiteStorage:
                     await db.execute("PRAGMA synchronous = NORMAL")
                     await db.execute("PRAGMA foreign_keys = ON")
                     await self._migrate(db)
+                    store_id = await self._read_store_id(db)
             except BaseException:
                 await _close_quietly(db)
                 raise
             self._db = db
+            self._store_id = store_id
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         version = await _user_version(db)
@@ -213,6 +254,14 @@ class SQLiteStorage:
                     await db.execute(statement)
                 # PRAGMA takes no parameters; target is our own int.
                 await db.execute(f"PRAGMA user_version = {int(target)}")
+
+    async def _read_store_id(self, db: aiosqlite.Connection) -> str:
+        rows = list(await db.execute_fetchall("SELECT value FROM meta WHERE key = 'store_id'"))
+        if not rows:
+            # Only a hand-edited file can get here: the migration that made the table
+            # wrote the id with it.
+            raise StorageError(f"SQLite store {self._path!r} has lost its store_id (table meta)")
+        return str(rows[0][0])
 
     async def close(self) -> None:
         # Shielded: a close cut short would leave the connection's thread running.
@@ -301,6 +350,19 @@ class SQLiteStorage:
             await self._require_job(db, job.id)
             return False
 
+    async def take_over(self, job: Job, *, expected: JobStatus, expected_owner: str | None) -> bool:
+        columns = _job_columns(job)
+        async with self._connection(f"taking over job {job.id!r}") as db:
+            # IS, not =: "owner = NULL" is never true, and None must match no owner.
+            cursor = await db.execute(
+                f"UPDATE jobs SET {_SET_JOB} WHERE id = ? AND status = ? AND owner IS ?",
+                (*columns, job.id, expected.value, expected_owner),
+            )
+            if cursor.rowcount == 1:
+                return True
+            await self._require_job(db, job.id)
+            return False
+
     async def claim(self, job: Job, *, max_active: int) -> bool:
         if job.host is None:
             raise ValueError(f"cannot claim job {job.id!r} without a host to count against")
@@ -323,6 +385,19 @@ class SQLiteStorage:
         rows = await db.execute_fetchall("SELECT 1 FROM jobs WHERE id = ?", (job_id,))
         if not list(rows):
             raise JobNotFound(f"no job with id {job_id!r}")
+
+    async def active_jobs(self, *, owner: str | None = None) -> builtins.list[Job]:
+        # No index on owner: jobs_by_dispatch (status first) already narrows the scan
+        # to the active jobs, which the hosts' limits keep few.
+        sql = f"SELECT record FROM jobs WHERE status IN {_ACTIVE_SQL}"
+        params: builtins.list[Any] = []
+        if owner is not None:
+            sql += " AND owner = ?"
+            params.append(owner)
+        sql += " ORDER BY created_at DESC, id DESC"
+        async with self._connection("listing active jobs") as db:
+            rows = await db.execute_fetchall(sql, params)
+        return [load_job(row[0]) for row in rows]
 
     async def count_active(self) -> dict[str, int]:
         async with self._connection("counting active jobs") as db:
@@ -415,6 +490,43 @@ class SQLiteStorage:
     async def log_count(self, job_id: str) -> int:
         async with self._connection(f"counting logs of job {job_id!r}") as db:
             return await _next_seq(db, job_id)
+
+    async def last_logs(self, job_id: str, count: int) -> builtins.list[StoredLine]:
+        check_limit(count, name="count")
+        async with self._connection(f"reading the last logs of job {job_id!r}") as db:
+            # Backwards down the primary key from the job's last line, then turned round.
+            rows = await db.execute_fetchall(
+                "SELECT seq, stream, ts, text FROM logs WHERE job_id = ? ORDER BY seq DESC LIMIT ?",
+                (job_id, count),
+            )
+        return [
+            StoredLine(seq, LogLine(stream, text, parse_datetime(ts)))
+            for seq, stream, ts, text in reversed(list(rows))
+        ]
+
+    # --- manager leases ---------------------------------------------------------
+
+    async def renew_lease(self, manager_id: str, ttl: float, *, info: str = "") -> None:
+        now = store_now()
+        expires_at = lease_expiry(now, ttl)
+        async with self._connection(f"renewing the lease of manager {manager_id!r}") as db:
+            await db.execute(
+                "INSERT OR REPLACE INTO managers (manager_id, expires_at, renewed_at, info)"
+                " VALUES (?, ?, ?, ?)",
+                (manager_id, format_datetime(expires_at), format_datetime(now), info),
+            )
+
+    async def drop_lease(self, manager_id: str) -> None:
+        async with self._connection(f"dropping the lease of manager {manager_id!r}") as db:
+            await db.execute("DELETE FROM managers WHERE manager_id = ?", (manager_id,))
+
+    async def live_managers(self) -> set[str]:
+        now = format_datetime(store_now())
+        async with self._connection("listing live managers") as db:
+            rows = await db.execute_fetchall(
+                "SELECT manager_id FROM managers WHERE expires_at > ?", (now,)
+            )
+        return {row[0] for row in rows}
 
     # --- environment templates --------------------------------------------------
 

@@ -1,0 +1,167 @@
+"""What survives what: a killed manager, several workers on one store, retries, and a
+daemon that goes away. All on the test bed's real daemons."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import containerjobs as cj
+from tests.conftest import LOCAL_SOCKET, REPO, Bed, until_status
+
+pytestmark = pytest.mark.docker
+
+
+def local(**kwargs: object) -> cj.DockerHost:
+    return cj.DockerHost("local", LOCAL_SOCKET, **kwargs)  # type: ignore[arg-type]
+
+
+def shared_folder(tmp_path: Path) -> Path:
+    # The jobs run as nobody: the folder must be theirs to write.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(shared, 0o777)
+    return shared
+
+
+SUBMIT_AND_HANG = """
+import sys, anyio
+import containerjobs as cj
+
+async def main() -> None:
+    host = cj.DockerHost("local", "unix:///var/run/docker.sock")
+    manager = cj.JobManager(hosts=[host], storage=cj.SQLiteStorage(sys.argv[1]),
+                            lease_ttl=2.0)
+    await manager.start()
+    specs = [cj.JobSpec(image=sys.argv[2], command="echo before; sleep 4; echo after",
+                        name=f"job{i}") for i in range(4)]
+    jobs = await manager.submit_many(specs)
+    for job in jobs:
+        async for line in manager.logs(job.id):
+            break  # "before" is out: the job runs
+    print("ready", flush=True)
+    await anyio.sleep_forever()
+
+anyio.run(main)
+"""
+
+
+async def test_a_killed_manager_loses_nothing(testbed: Bed, tmp_path: Path,
+                                              no_leftovers: None) -> None:
+    db = tmp_path / "jobs.db"
+    script = tmp_path / "hang.py"
+    script.write_text(SUBMIT_AND_HANG)
+    with subprocess.Popen([sys.executable, str(script), str(db), testbed.image],
+                          stdout=subprocess.PIPE, text=True, cwd=REPO) as child:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "ready\n"
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    async with cj.JobManager(hosts=[local()], storage=cj.SQLiteStorage(db)) as manager:
+        jobs = await manager.list_jobs()
+        assert len(jobs) == 4
+        done = [await manager.wait(job.id, timeout=60) for job in jobs]
+    for job in done:
+        assert job.status is cj.JobStatus.COMPLETED, job.error
+        assert job.stdout == "before\nafter\n"
+        assert job.attempts == 1
+    assert not testbed.labelled_containers()
+
+
+async def test_three_workers_run_each_job_exactly_once(testbed: Bed, tmp_path: Path,
+                                                       no_leftovers: None) -> None:
+    db = tmp_path / "jobs.db"
+    shared = shared_folder(tmp_path)
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "containerjobs", "worker", "--db", str(db),
+             "--host", f"local={LOCAL_SOCKET}", "--max-jobs", "3", "--lease-ttl", "5"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        )
+        for _ in range(3)
+    ]
+    try:
+        policy = cj.SecurityPolicy(allowed_mount_sources=[str(tmp_path)])
+        async with cj.JobManager(hosts=[], storage=cj.SQLiteStorage(db),
+                                 policy=policy) as client:
+            specs = [
+                cj.JobSpec(image=testbed.image,
+                           command=f"mkdir /shared/job-{i} && echo made {i}",
+                           mounts=[cj.Mount(str(shared), "/shared", read_only=False)])
+                for i in range(24)
+            ]
+            jobs = await client.submit_many(specs)
+            done = [await client.wait(job.id, timeout=180) for job in jobs]
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            assert worker.wait(timeout=60) == 0, worker.stderr.read() if worker.stderr else ""
+            if worker.stderr:
+                worker.stderr.close()
+    for i, job in enumerate(done):
+        assert job.status is cj.JobStatus.COMPLETED, job.error
+        assert job.attempts == 1 and job.previous_attempts == ()
+        assert job.stdout == f"made {i}\n"
+    assert sorted(p.name for p in shared.iterdir()) == sorted(f"job-{i}" for i in range(24))
+    assert len({job.owner for job in done}) >= 2  # the work was shared
+
+
+async def test_a_failed_attempt_is_retried(testbed: Bed, tmp_path: Path,
+                                           no_leftovers: None) -> None:
+    shared = shared_folder(tmp_path)
+    policy = cj.SecurityPolicy(allowed_mount_sources=[str(tmp_path)])
+    flaky = cj.JobSpec(
+        image=testbed.image, max_retries=2,
+        command="if [ -e /shared/flag ]; then echo second; else touch /shared/flag; "
+                "echo first; exit 1; fi",
+        mounts=[cj.Mount(str(shared), "/shared", read_only=False)],
+    )
+    async with cj.JobManager(hosts=[local()], policy=policy, retry_delay=0.2) as manager:
+        job = await manager.run(flaky, timeout=60)
+        plain = await manager.run(cj.JobSpec(image=testbed.image, command="exit 1"))
+    assert job.status is cj.JobStatus.COMPLETED
+    assert job.attempts == 2
+    assert job.stdout == "second\n"
+    [first] = job.previous_attempts
+    assert first.attempt == 1 and first.exit_code == 1 and first.error
+    assert plain.status is cj.JobStatus.FAILED and plain.attempts == 1
+
+
+async def test_losing_the_daemon(testbed: Bed, tmp_path: Path) -> None:
+    remote = cj.DockerHost("remote", testbed.tls_url,
+                           tls=cj.TLSConfig.from_cert_path(testbed.cert_dir))
+    storage = cj.SQLiteStorage(tmp_path / "jobs.db")
+    async with cj.JobManager(hosts=[remote], storage=storage, lease_ttl=3.0) as manager:
+        job = await manager.submit(cj.JobSpec(image=testbed.image, command="echo up; sleep 60"))
+        await until_status(manager, job.id, cj.JobStatus.RUNNING)
+        testbed.testbed_script("stop-second")
+        try:
+            lost = await manager.wait(job.id, timeout=60)
+            assert lost.status is cj.JobStatus.FAILED
+            assert lost.error and "remote" in lost.error
+            health = await manager.health()
+            assert not health["remote"].healthy and health["remote"].error
+            queued = await manager.submit(cj.JobSpec(image=testbed.image, command="echo back"))
+            with pytest.raises(TimeoutError):
+                await manager.wait(queued.id, timeout=2)
+            assert (await manager.get(queued.id)).status is cj.JobStatus.PENDING
+        finally:
+            testbed.testbed_script("start-second")
+        back = await manager.wait(queued.id, timeout=60)
+        assert back.status is cj.JobStatus.COMPLETED and back.stdout == "back\n"
+        # The container the stopped daemon killed is cleaned up once it answers again.
+        await manager.reconcile()
+    assert not testbed.labelled_containers(testbed.docker2_socket)
+
+
+def test_cli_worker_help() -> None:
+    done = subprocess.run([sys.executable, "-m", "containerjobs", "worker", "--help"],
+                          capture_output=True, text=True, cwd=REPO, check=True)
+    assert "--db" in done.stdout and "--host" in done.stdout
