@@ -31,8 +31,10 @@ def shared_folder(tmp_path: Path) -> Path:
 
 
 SUBMIT_AND_HANG = """
-import sys, anyio
+import sys, anyio, structlog
 import containerjobs as cj
+
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
 async def main() -> None:
     host = cj.DockerHost("local", "unix:///var/run/docker.sock")
@@ -58,7 +60,8 @@ async def test_a_killed_manager_loses_nothing(testbed: Bed, tmp_path: Path,
     script = tmp_path / "hang.py"
     script.write_text(SUBMIT_AND_HANG)
     with subprocess.Popen([sys.executable, str(script), str(db), testbed.image],
-                          stdout=subprocess.PIPE, text=True, cwd=REPO) as child:
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          cwd=REPO) as child:
         assert child.stdout is not None
         assert child.stdout.readline() == "ready\n"
         child.send_signal(signal.SIGKILL)
@@ -81,10 +84,12 @@ async def test_three_workers_run_each_job_exactly_once(testbed: Bed, tmp_path: P
     workers = [
         subprocess.Popen(
             [sys.executable, "-m", "containerjobs", "worker", "--db", str(db),
-             "--host", f"local={LOCAL_SOCKET}", "--max-jobs", "3", "--lease-ttl", "5"],
+             "--host", f"w{n}={LOCAL_SOCKET}", "--max-jobs", "3", "--lease-ttl", "5"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
         )
-        for _ in range(3)
+        # Each worker names the daemon its own way, so each has slots of its own and
+        # all three compete for the same pending jobs.
+        for n in range(3)
     ]
     try:
         policy = cj.SecurityPolicy(allowed_mount_sources=[str(tmp_path)])
