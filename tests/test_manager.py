@@ -238,3 +238,86 @@ def test_strategies_choose_among_candidates() -> None:
     assert rr.select(job, [loads[0], loads[2]]).host.name == "c"  # b is full: skipped
     picks = [cj.WeightedRandom().select(job, loads).host.name for _ in range(200)]
     assert set(picks) == {"a", "b", "c"} and picks.count("b") > picks.count("a")
+
+
+async def test_retries_keep_earlier_attempts_on_record(cluster: FakeCluster) -> None:
+    def flaky(job: cj.Job) -> FakeRun:
+        if job.attempts < 3:
+            return FakeRun(stdout=f"attempt {job.attempts}\n", exit_code=2)
+        return FakeRun(stdout="third time\n")
+
+    cluster.behaviour = flaky
+    async with cj.JobManager(hosts=fake_hosts("a"), executor_factory=cluster,
+                             retry_delay=0.01, poll_interval=0.05) as manager:
+        job = await manager.run(cj.JobSpec(image="x", max_retries=3), timeout=10)
+        lines = [line.text async for line in manager.logs(job.id, follow=False)]
+        once = await manager.run(cj.JobSpec(image="x", max_retries=1), timeout=10)
+    assert (job.status, job.attempts, job.stdout) == (cj.JobStatus.COMPLETED, 3, "third time\n")
+    assert [a.exit_code for a in job.previous_attempts] == [2, 2]
+    assert [a.attempt for a in job.previous_attempts] == [1, 2]
+    assert lines == ["attempt 1", "attempt 2", "third time"]  # every attempt's lines kept
+    assert once.status is cj.JobStatus.FAILED and once.attempts == 2
+
+
+async def test_timeouts_and_missing_images_are_not_retried(cluster: FakeCluster) -> None:
+    async with cj.JobManager(hosts=fake_hosts("a"), executor_factory=cluster,
+                             retry_delay=0.01) as manager:
+        cluster.behaviour = lambda job: FakeRun(duration=60)
+        slow = await manager.run(cj.JobSpec(image="x", timeout_seconds=0.1, max_retries=3))
+        cluster.behaviour = lambda job: FakeRun(launch_error=cj.ImageNotFound("no image"))
+        missing = await manager.run(cj.JobSpec(image="x", max_retries=3))
+        cluster.behaviour = lambda job: FakeRun(oom_killed=True)
+        oom = await manager.run(cj.JobSpec(image="x", max_retries=3))
+    assert (slow.status, slow.attempts) == (cj.JobStatus.TIMEOUT, 1)
+    assert (missing.status, missing.attempts) == (cj.JobStatus.FAILED, 1)
+    assert (oom.status, oom.attempts, oom.oom_killed) == (cj.JobStatus.FAILED, 1, True)
+
+
+async def test_output_past_the_cap_keeps_head_and_tail(cluster: FakeCluster) -> None:
+    text = "".join(f"line {i:04d}\n" for i in range(1000))  # 10 bytes a line
+    cluster.behaviour = lambda job: FakeRun(stdout=text, stderr="small\n")
+    async with cj.JobManager(hosts=fake_hosts("a"), executor_factory=cluster,
+                             max_log_bytes=2000) as manager:
+        job = await manager.run(SPEC)
+        stored = [line.text async for line in manager.logs(job.id, follow=False)]
+    assert job.logs_truncated
+    out = job.stdout.splitlines()
+    assert out[:100] == [f"line {i:04d}" for i in range(100)]
+    assert out[-100:] == [f"line {i:04d}" for i in range(900, 1000)]
+    assert out[100] == ("[containerjobs: 800 lines left out here: "
+                        "the stdout of this job passed 2000 bytes]")
+    assert job.stderr == "small\n"
+    assert [t for t in stored if t.startswith("line")] == out[:100] + out[-100:]
+
+
+async def test_a_detached_job_is_adopted_by_the_next_manager(
+    cluster: FakeCluster, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    db = Path(str(tmp_path)) / "jobs.db"
+    cluster.behaviour = lambda job: FakeRun(stdout="early\n", duration=0.5)
+    async with cj.JobManager(hosts=fake_hosts("a"), executor_factory=cluster,
+                             storage=cj.SQLiteStorage(db)) as first:
+        assert first.exit_mode == "detach"
+        job = await first.submit(SPEC)
+        await until_status(first, job.id, cj.JobStatus.RUNNING)
+    left = await _read(db, job.id)
+    assert left.status is cj.JobStatus.RUNNING and left.owner == first.id
+    async with cj.JobManager(hosts=fake_hosts("a"), executor_factory=cluster,
+                             storage=cj.SQLiteStorage(db)) as second:
+        done = await second.wait(job.id, timeout=10)
+        lines = [line.text async for line in second.logs(job.id)]
+    assert done.status is cj.JobStatus.COMPLETED and done.owner == second.id
+    assert done.stdout == "early\n" and lines == ["early"]  # nothing lost, nothing doubled
+    assert done.attempts == 1
+    assert cluster.executors["a"].containers == {}
+
+
+async def _read(db: object, job_id: str) -> cj.Job:
+    store = cj.SQLiteStorage(str(db))
+    await store.open()
+    try:
+        return await store.get(job_id)
+    finally:
+        await store.close()

@@ -91,13 +91,20 @@ class FakeExecutor:
     _ids = itertools.count(1)
 
     def __init__(
-        self, host: DockerHost, manager_id: str, policy: SecurityPolicy, behaviour: Behaviour
+        self,
+        host: DockerHost,
+        manager_id: str,
+        policy: SecurityPolicy,
+        behaviour: Behaviour,
+        containers: dict[str, _Container] | None = None,
     ) -> None:
         self._host = host
         self._manager_id = manager_id
         self._behaviour = behaviour
         self.healthy = True
-        self.containers: dict[str, _Container] = {}
+        # Shared by every executor of the same host made by one cluster, as a daemon's
+        # containers are shared by every client: a second manager can adopt them.
+        self.containers: dict[str, _Container] = {} if containers is None else containers
         self.launched: list[Job] = []
         self.running = 0
         self.max_running = 0
@@ -209,8 +216,12 @@ class FakeCluster:
     def __init__(self, behaviour: Behaviour | None = None) -> None:
         self.behaviour: Behaviour = behaviour or (lambda job: FakeRun())
         self.executors: dict[str, FakeExecutor] = {}
+        self._containers: dict[str, dict[str, _Container]] = {}
 
     def __call__(self, host: DockerHost, manager_id: str, policy: SecurityPolicy) -> FakeExecutor:
-        executor = FakeExecutor(host, manager_id, policy, lambda job: self.behaviour(job))
+        containers = self._containers.setdefault(host.name, {})
+        executor = FakeExecutor(
+            host, manager_id, policy, lambda job: self.behaviour(job), containers
+        )
         self.executors[host.name] = executor
         return executor
