@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
+from anyio.streams.text import TextReceiveStream
 
 import containerjobs as cj
 from tests.conftest import LOCAL_SOCKET, REPO, Bed, until_status
@@ -59,13 +61,17 @@ async def test_a_killed_manager_loses_nothing(testbed: Bed, tmp_path: Path,
     db = tmp_path / "jobs.db"
     script = tmp_path / "hang.py"
     script.write_text(SUBMIT_AND_HANG)
-    with subprocess.Popen([sys.executable, str(script), str(db), testbed.image],
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                          cwd=REPO) as child:
+    async with await anyio.open_process(
+        [sys.executable, str(script), str(db), testbed.image],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO,
+    ) as child:
         assert child.stdout is not None
-        assert child.stdout.readline() == "ready\n"
+        with anyio.fail_after(60):
+            async for text in TextReceiveStream(child.stdout):
+                if "ready" in text:
+                    break
         child.send_signal(signal.SIGKILL)
-        child.wait(timeout=10)
+        await child.wait()
     async with cj.JobManager(hosts=[local()], storage=cj.SQLiteStorage(db)) as manager:
         jobs = await manager.list_jobs()
         assert len(jobs) == 4
@@ -82,10 +88,10 @@ async def test_three_workers_run_each_job_exactly_once(testbed: Bed, tmp_path: P
     db = tmp_path / "jobs.db"
     shared = shared_folder(tmp_path)
     workers = [
-        subprocess.Popen(
+        await anyio.open_process(
             [sys.executable, "-m", "containerjobs", "worker", "--db", str(db),
              "--host", f"w{n}={LOCAL_SOCKET}", "--max-jobs", "3", "--lease-ttl", "5"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
         )
         # Each worker names the daemon its own way, so each has slots of its own and
         # all three compete for the same pending jobs.
@@ -106,10 +112,11 @@ async def test_three_workers_run_each_job_exactly_once(testbed: Bed, tmp_path: P
     finally:
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
+        with anyio.fail_after(60):
+            codes = [await worker.wait() for worker in workers]
         for worker in workers:
-            assert worker.wait(timeout=60) == 0, worker.stderr.read() if worker.stderr else ""
-            if worker.stderr:
-                worker.stderr.close()
+            await worker.aclose()
+    assert codes == [0, 0, 0]
     for i, job in enumerate(done):
         assert job.status is cj.JobStatus.COMPLETED, job.error
         assert job.attempts == 1 and job.previous_attempts == ()
@@ -146,7 +153,9 @@ async def test_losing_the_daemon(testbed: Bed, tmp_path: Path) -> None:
     async with cj.JobManager(hosts=[remote], storage=storage, lease_ttl=3.0) as manager:
         job = await manager.submit(cj.JobSpec(image=testbed.image, command="echo up; sleep 60"))
         await until_status(manager, job.id, cj.JobStatus.RUNNING)
-        testbed.testbed_script("stop-second")
+        # Off the event loop: stopping a daemon takes seconds, and the manager must
+        # keep running meanwhile, as it would in production.
+        await anyio.to_thread.run_sync(testbed.testbed_script, "stop-second")
         try:
             lost = await manager.wait(job.id, timeout=60)
             assert lost.status is cj.JobStatus.FAILED
@@ -158,7 +167,7 @@ async def test_losing_the_daemon(testbed: Bed, tmp_path: Path) -> None:
                 await manager.wait(queued.id, timeout=2)
             assert (await manager.get(queued.id)).status is cj.JobStatus.PENDING
         finally:
-            testbed.testbed_script("start-second")
+            await anyio.to_thread.run_sync(testbed.testbed_script, "start-second")
         back = await manager.wait(queued.id, timeout=60)
         assert back.status is cj.JobStatus.COMPLETED and back.stdout == "back\n"
         # The container the stopped daemon killed is cleaned up once it answers again.

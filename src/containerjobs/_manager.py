@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import signal
 import socket
 import time
 import uuid
@@ -802,19 +803,30 @@ class JobManager:
         # Safe with any store: containers are matched to this store by its identity.
         for state in self._hosts.values():
             if state.usable:
-                await self._remove_orphans(state)
+                try:
+                    await self._remove_orphans(state)
+                except HostUnavailable as exc:
+                    self._set_health(state, HostHealth(False, None, str(exc), utcnow()))
 
     async def _adopt(self, job: Job, state: _HostState) -> None:
         log = self._log.bind(job_id=job.id, host=state.host.name, previous_owner=job.owner)
+        # Look before taking over: a job taken over and then not supervised would be
+        # stuck, as its new owner is alive.
+        try:
+            containers = await state.executor.find(job_id=job.id)
+        except HostUnavailable as exc:
+            self._set_health(state, HostHealth(False, None, str(exc), utcnow()))
+            return
         mine = attrs.evolve(job, owner=self.id)
         if not await self.storage.take_over(mine, expected=job.status, expected_owner=job.owner):
             return  # another manager adopted it first
-        found = {info.container_id: info for info in await state.executor.find(job_id=job.id)}
+        found = {info.container_id: info for info in containers}
         info = found.get(job.container_id or "") or next(iter(found.values()), None)
         if info is None or not info.started:
             # It never ran (or its container vanished while it ran).
             for leftover in found:
-                await state.executor.remove(leftover)
+                with suppress(ContainerJobsError):
+                    await state.executor.remove(leftover)
             if job.status is JobStatus.LAUNCHING:
                 log.info("job.requeued", reason="its launch never completed")
                 requeued = mine.advance(JobStatus.PENDING, host=None, owner=None, container_id=None)
@@ -1111,7 +1123,14 @@ class JobManager:
         if end.exit.exit_code == 0:
             return JobStatus.COMPLETED, None
         detail = f": {end.exit.error}" if end.exit.error else ""
-        return JobStatus.FAILED, f"exited with code {end.exit.exit_code}{detail}"
+        code = end.exit.exit_code
+        if code is not None and code - 128 in (signal.SIGKILL, signal.SIGTERM):
+            # Killed, and not by us: the daemon stopping does this to its containers.
+            detail += (
+                f" (killed by {signal.Signals(code - 128).name}, not by containerjobs: "
+                f"host {job.host!r} may have stopped)"
+            )
+        return JobStatus.FAILED, f"exited with code {code}{detail}"
 
     async def _watch_cancel_flag(self, job: Job, control: _Control) -> None:
         # A cancel asked through another manager arrives as a flag in the store.
