@@ -321,3 +321,21 @@ async def _read(db: object, job_id: str) -> cj.Job:
         return await store.get(job_id)
     finally:
         await store.close()
+
+
+async def test_a_client_cancels_a_job_another_manager_runs(cluster: FakeCluster,
+                                                           tmp_path: object) -> None:
+    from pathlib import Path
+
+    db = Path(str(tmp_path)) / "jobs.db"
+    cluster.behaviour = lambda job: FakeRun(duration=60)
+    async with cj.JobManager(hosts=fake_hosts("a"), executor_factory=cluster,
+                             storage=cj.SQLiteStorage(db), poll_interval=0.1) as worker:
+        async with cj.JobManager(hosts=[], storage=cj.SQLiteStorage(db),
+                                 poll_interval=0.1) as client:
+            job = await client.submit(SPEC)
+            await until_status(worker, job.id, cj.JobStatus.RUNNING)
+            with anyio.fail_after(10):
+                cancelled = await client.cancel(job.id)
+    assert cancelled.status is cj.JobStatus.CANCELLED
+    assert cluster.executors["a"].containers == {}

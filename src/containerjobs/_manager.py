@@ -532,12 +532,14 @@ class JobManager:
             control = self._controls.get(job_id)
             if control is not None:
                 control.request_cancel("cancelled")
-            elif not job.cancel_requested:
-                # Another manager runs it: leave word in the store for its supervisor.
+                return await self.wait(job_id)
+            # Another manager runs it: leave word in the store for its supervisor, and
+            # again if a write of its own (launching -> running) replaced the word.
+            if not job.cancel_requested:
                 flagged = attrs.evolve(job, cancel_requested=True)
-                if not await self.storage.update(flagged, expected=job.status):
-                    continue
-            return await self.wait(job_id)
+                await self.storage.update(flagged, expected=job.status)
+            with suppress(TimeoutError):
+                return await self.wait(job_id, timeout=self._poll_interval * 2)
 
     async def health(self) -> dict[str, HostHealth]:
         """Check every host now; healthy, response time and error per host name."""
@@ -673,7 +675,9 @@ class JobManager:
         return await self._advance_from(job, job.advance(status, **changes))
 
     async def _advance_from(self, job: Job, new: Job) -> Job:
-        if not await self.storage.update(new, expected=job.status):
+        # Status and owner must both be as we last saw them: a manager whose lease
+        # lapsed and whose job was adopted meanwhile loses, instead of both writing.
+        if not await self.storage.take_over(new, expected=job.status, expected_owner=job.owner):
             raise _LostRace(await self.storage.get(job.id))
         self._publish(new, job.status)
         return new
@@ -1133,7 +1137,10 @@ class JobManager:
         return JobStatus.FAILED, f"exited with code {code}{detail}"
 
     async def _watch_cancel_flag(self, job: Job, control: _Control) -> None:
-        # A cancel asked through another manager arrives as a flag in the store.
+        # A cancel asked through another manager arrives as a flag in the store; only
+        # a store other processes share can carry one.
+        if not self.storage.persistent:
+            await anyio.sleep_forever()
         while True:
             await anyio.sleep(self._poll_interval)
             with suppress(ContainerJobsError):
