@@ -5,21 +5,19 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import signal
 import socket
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Literal, Self
 
 import anyio
 import attrs
 import structlog
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from ._dispatch import HostLoad, HostSelectionStrategy, WeightedLeastLoaded
 from ._errors import (
@@ -29,6 +27,8 @@ from ._errors import (
     InvalidJobSpec,
     JobNotFound,
 )
+from ._events import EventStream
+from ._harvest import End, Output, Usage, outcome
 from ._hosts import DockerHost
 from ._logs import LogHub
 from ._models import (
@@ -46,10 +46,8 @@ from ._policy import SecurityPolicy
 from .executors._base import (
     LABEL_STORE,
     Executor,
-    ExitStatus,
     OutputLine,
     PullResult,
-    ResourceSample,
 )
 from .storage import InMemoryStorage, Storage
 
@@ -95,83 +93,6 @@ class _Control:
         if not self.cancel.is_set():
             self.reason = reason
             self.cancel.set()
-
-
-@attrs.define
-class _Usage:
-    """Peak memory and average CPU, from the stats samples of one job."""
-
-    started: float = attrs.Factory(time.monotonic)
-    peak_memory: int | None = None
-    cpu_percent: float | None = None
-    _first: ResourceSample | None = None
-
-    def add(self, sample: ResourceSample) -> None:
-        peak = max(sample.memory_bytes, sample.memory_peak_bytes or 0)
-        self.peak_memory = max(self.peak_memory or 0, peak)
-        first = self._first
-        if first is None:
-            self._first = sample
-        if (
-            first is not None
-            and first.read_at
-            and sample.read_at
-            and sample.read_at > first.read_at
-        ):
-            # Two readings on the engine's own clock: exact, whatever our clock says.
-            span = (sample.read_at - first.read_at).total_seconds()
-            used = sample.cpu_total_ns - first.cpu_total_ns
-            self.cpu_percent = max(0.0, used / 1e9 / span * 100)
-        else:
-            span = time.monotonic() - self.started
-            if span > 0:
-                self.cpu_percent = sample.cpu_total_ns / 1e9 / span * 100
-
-
-class EventStream:
-    """The status changes of `JobManager.events`, subscribed when it was made."""
-
-    def __init__(
-        self, receive: MemoryObjectReceiveStream[JobEvent], unsubscribe: Callable[[], None]
-    ) -> None:
-        self._receive = receive
-        self._unsubscribe = unsubscribe
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> JobEvent:
-        try:
-            return await self._receive.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            await self.aclose()
-            raise StopAsyncIteration from None
-
-    async def aclose(self) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._unsubscribe()
-        self._receive.close()
-
-    def __del__(self) -> None:
-        # A loop left with break or return never calls aclose: stop the flow here.
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-
-@attrs.define
-class _End:
-    """How the wait for a container ended."""
-
-    exit: ExitStatus | None = None
-    reason: Literal["timeout", "cancel"] | None = None
-    failure: str | None = None  # the engine failed us: host gone, container gone
 
 
 class _LostRace(Exception):
@@ -955,7 +876,7 @@ class JobManager:
         else:
             container_id = adopt
         log = log.bind(container_id=container_id[:12])
-        output = _Output(self._max_log_bytes)
+        output = Output(self._max_log_bytes)
         if adopt is not None:
             # Go on from the lines already stored, so none is lost or doubled.
             await self._restore_output(job, output)
@@ -982,7 +903,7 @@ class JobManager:
             hub.close()
             self._hubs.pop(job.id, None)
 
-    async def _restore_output(self, job: Job, output: _Output) -> None:
+    async def _restore_output(self, job: Job, output: Output) -> None:
         after = job.output_start - 1
         while batch := await self.storage.read_logs(job.id, after=after, limit=5000):
             for stored in batch:
@@ -996,11 +917,11 @@ class JobManager:
         container_id: str,
         control: _Control,
         hub: LogHub,
-        output: _Output,
+        output: Output,
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
         executor = state.executor
-        usage = _Usage()
+        usage = Usage()
         async with anyio.create_task_group() as tg:
             pump_done = anyio.Event()
             tg.start_soon(self._pump_logs, executor, container_id, hub, output, pump_done, log)
@@ -1025,7 +946,7 @@ class JobManager:
                 log.info("container.removed")
             except ContainerJobsError as exc:
                 log.warning("container.remove_failed", error=str(exc))
-            status, error = self._outcome(job, end, output, control)
+            status, error = outcome(job, end, output, control.reason)
             oom = bool(end.exit and end.exit.oom_killed)
             done = await self._finish_or_retry(
                 job,
@@ -1056,10 +977,10 @@ class JobManager:
         container_id: str,
         control: _Control,
         log: structlog.typing.FilteringBoundLogger,
-    ) -> _End:
+    ) -> End:
         """Wait for the container to exit, be cancelled or run out of time; kill it in
         the latter two cases. Engine errors end up in `failure`, never raised."""
-        end = _End()
+        end = End()
 
         async def exited() -> None:
             try:
@@ -1096,46 +1017,6 @@ class JobManager:
                 log.warning("container.kill_failed", error=end.failure)
         return end
 
-    @staticmethod
-    def _outcome(
-        job: Job, end: _End, output: _Output, control: _Control
-    ) -> tuple[JobStatus, str | None]:
-        status, error = JobManager._status_of(job, end, control)
-        if output.lost is not None:
-            # Output we could not read is a failure to say out loud, never a quiet cut.
-            if status is JobStatus.COMPLETED:
-                status = JobStatus.FAILED
-            note = f"the output could not be read completely: {output.lost}"
-            error = f"{error}; {note}" if error else note
-        return status, error
-
-    @staticmethod
-    def _status_of(job: Job, end: _End, control: _Control) -> tuple[JobStatus, str | None]:
-        if end.reason == "timeout":
-            return JobStatus.TIMEOUT, (
-                f"timed out after {job.spec.timeout_seconds:g} s; the container was killed"
-            )
-        if end.reason == "cancel":
-            return JobStatus.CANCELLED, control.reason
-        if end.failure is not None or end.exit is None:
-            return JobStatus.FAILED, f"lost the container on host {job.host!r}: {end.failure}"
-        if end.exit.oom_killed:
-            return JobStatus.FAILED, (
-                f"memory limit of {job.spec.memory_limit_mb} MB exceeded: "
-                f"the container was killed (OOM)"
-            )
-        if end.exit.exit_code == 0:
-            return JobStatus.COMPLETED, None
-        detail = f": {end.exit.error}" if end.exit.error else ""
-        code = end.exit.exit_code
-        if code is not None and code - 128 in (signal.SIGKILL, signal.SIGTERM):
-            # Killed, and not by us: the daemon stopping does this to its containers.
-            detail += (
-                f" (killed by {signal.Signals(code - 128).name}, not by containerjobs: "
-                f"host {job.host!r} may have stopped)"
-            )
-        return JobStatus.FAILED, f"exited with code {code}{detail}"
-
     async def _watch_cancel_flag(self, job: Job, control: _Control) -> None:
         # A cancel asked through another manager arrives as a flag in the store; only
         # a store other processes share can carry one.
@@ -1154,7 +1035,7 @@ class JobManager:
         executor: Executor,
         container_id: str,
         hub: LogHub,
-        output: _Output,
+        output: Output,
         done: anyio.Event,
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
@@ -1171,7 +1052,7 @@ class JobManager:
         executor: Executor,
         container_id: str,
         hub: LogHub,
-        output: _Output,
+        output: Output,
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
         try:
@@ -1182,7 +1063,7 @@ class JobManager:
 
     @staticmethod
     async def _read_logs(
-        executor: Executor, container_id: str, hub: LogHub, output: _Output, *, follow: bool
+        executor: Executor, container_id: str, hub: LogHub, output: Output, *, follow: bool
     ) -> None:
         # Read from the last timestamp seen, skipping the lines at that instant we
         # already have: the engine replays them in the same order.
@@ -1200,7 +1081,7 @@ class JobManager:
         self,
         executor: Executor,
         container_id: str,
-        usage: _Usage,
+        usage: Usage,
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
         try:
@@ -1215,74 +1096,3 @@ class JobManager:
         while True:
             await anyio.sleep(_LOG_FLUSH_INTERVAL)
             await hub.flush()
-
-
-@attrs.define
-class _Output:
-    """A job's output as it is read: stdout and stderr rebuilt, within a size cap.
-
-    Past `cap` bytes in a stream, the first half is kept as it came and the last half
-    is held back, the oldest lines falling out; `finish` then gives a marker line
-    saying what was left out, and the tail.
-    """
-
-    cap: int
-    parts: dict[str, list[str]] = attrs.Factory(lambda: {"stdout": [], "stderr": []})
-    head_bytes: dict[str, int] = attrs.Factory(lambda: {"stdout": 0, "stderr": 0})
-    tail: dict[str, deque[OutputLine]] = attrs.Factory(
-        lambda: {"stdout": deque(), "stderr": deque()}
-    )
-    tail_bytes: dict[str, int] = attrs.Factory(lambda: {"stdout": 0, "stderr": 0})
-    dropped: dict[str, int] = attrs.Factory(lambda: {"stdout": 0, "stderr": 0})
-    complete: bool = False  # the stream ended by itself, not broken
-    lost: str | None = None  # why some output could not be read
-    last_ts: datetime | None = None
-    seen_at_last: int = 0  # lines seen with timestamp last_ts
-
-    def add(self, item: OutputLine) -> bool:
-        """Take a line; True when it is kept now, False when held in the tail."""
-        line = item.line
-        if line.timestamp == self.last_ts:
-            self.seen_at_last += 1
-        else:
-            self.last_ts, self.seen_at_last = line.timestamp, 1
-        stream = line.stream
-        size = len(line.text.encode()) + 1
-        if not self.tail[stream] and self.head_bytes[stream] + size <= self.cap // 2:
-            self.head_bytes[stream] += size
-            self.parts[stream].append(line.text + "\n" if item.newline else line.text)
-            return True
-        self.tail[stream].append(item)
-        self.tail_bytes[stream] += size
-        while self.tail_bytes[stream] > self.cap // 2 and len(self.tail[stream]) > 1:
-            old = self.tail[stream].popleft()
-            self.tail_bytes[stream] -= len(old.line.text.encode()) + 1
-            self.dropped[stream] += 1
-        return False
-
-    @property
-    def truncated(self) -> bool:
-        return any(self.dropped.values())
-
-    def finish(self) -> list[LogLine]:
-        """The lines held back: per stream a marker (when lines fell out), then its
-        tail; both streams in time order."""
-        lines: list[OutputLine] = []
-        for stream, tail in self.tail.items():
-            if self.dropped[stream]:
-                marker = (
-                    f"[containerjobs: {self.dropped[stream]} lines left out here: the "
-                    f"{stream} of this job passed {self.cap} bytes]"
-                )
-                first = tail[0].line
-                lines.append(OutputLine(LogLine(first.stream, marker, first.timestamp)))
-            lines.extend(tail)
-            tail.clear()
-        lines.sort(key=lambda item: item.line.timestamp)
-        for item in lines:
-            text = item.line.text
-            self.parts[item.line.stream].append(text + "\n" if item.newline else text)
-        return [item.line for item in lines]
-
-    def text(self, stream: str) -> str:
-        return "".join(self.parts[stream])

@@ -195,7 +195,10 @@ class FakeExecutor:
     async def find(self, *, job_id: str | None = None) -> list[ContainerInfo]:
         return [
             ContainerInfo(
-                cid, c.job.id, self._manager_id, c.labels.get(LABEL_STORE),
+                cid,
+                c.job.id,
+                self._manager_id,
+                c.labels.get(LABEL_STORE),
                 "running" if c.status is None else "exited",
             )
             for cid, c in self.containers.items()

@@ -106,6 +106,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # Long enough to ride out another process's write transaction (they are all short),
 # short enough that a stuck lock surfaces as an error rather than a hang.
 _BUSY_TIMEOUT_SECONDS = 10.0
+_OPEN_ATTEMPTS = 6
 
 # Status literals written into SQL: they are our own enum values, never user input.
 _ACTIVE_SQL = f"('{JobStatus.LAUNCHING.value}', '{JobStatus.RUNNING.value}')"
@@ -180,7 +181,7 @@ class SQLiteStorage:
         except _DRIVER_ERRORS as exc:
             hint = ""
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-                hint = f" (another connection held the write lock over {_BUSY_TIMEOUT_SECONDS} s)"
+                hint = " (another connection holds the lock)"
             raise StorageError(
                 f"SQLite store {self._path!r}: {action} failed: {exc}{hint}"
             ) from exc
@@ -221,19 +222,32 @@ class SQLiteStorage:
                 )
             try:
                 async with self._translate("opening"):
-                    # WAL: readers never block the writer nor it them, which matters
-                    # when several managers poll one file. NORMAL is durable in WAL
-                    # except for the last commits on power loss, never corrupt.
-                    await db.execute("PRAGMA journal_mode = WAL")
-                    await db.execute("PRAGMA synchronous = NORMAL")
-                    await db.execute("PRAGMA foreign_keys = ON")
-                    await self._migrate(db)
-                    store_id = await self._read_store_id(db)
+                    store_id = await self._prepare(db)
             except BaseException:
                 await _close_quietly(db)
                 raise
             self._db = db
             self._store_id = store_id
+
+    async def _prepare(self, db: aiosqlite.Connection) -> str:
+        for attempt in range(_OPEN_ATTEMPTS):
+            try:
+                # WAL: readers never block the writer nor it them, which matters
+                # when several managers poll one file. NORMAL is durable in WAL
+                # except for the last commits on power loss, never corrupt.
+                await db.execute("PRAGMA journal_mode = WAL")
+                await db.execute("PRAGMA synchronous = NORMAL")
+                await db.execute("PRAGMA foreign_keys = ON")
+                await self._migrate(db)
+                return await self._read_store_id(db)
+            except sqlite3.OperationalError as exc:
+                # Processes opening a new file together can meet in a lock order that
+                # SQLite resolves by failing one at once instead of waiting (switching
+                # to WAL needs the file to itself): the loser tries again.
+                if "locked" not in str(exc) or attempt == _OPEN_ATTEMPTS - 1:
+                    raise
+                await anyio.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         version = await _user_version(db)
