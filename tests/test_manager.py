@@ -339,3 +339,23 @@ async def test_a_client_cancels_a_job_another_manager_runs(cluster: FakeCluster,
                 cancelled = await client.cancel(job.id)
     assert cancelled.status is cj.JobStatus.CANCELLED
     assert cluster.executors["a"].containers == {}
+
+
+async def test_a_launch_cut_short_by_a_crash_is_requeued(cluster: FakeCluster,
+                                                         tmp_path: object) -> None:
+    from pathlib import Path
+
+    db = Path(str(tmp_path)) / "jobs.db"
+    store = cj.SQLiteStorage(db)
+    await store.open()
+    stranded = cj.Job(id="stranded", spec=cj.SecurityPolicy().apply(SPEC)).advance(
+        cj.JobStatus.LAUNCHING, host="a", owner="cjm-dead", attempts=1)
+    await store.create([cj.Job(id="stranded", spec=stranded.spec)])
+    assert await store.update(stranded, expected=cj.JobStatus.PENDING)
+    await store.close()
+    cluster.behaviour = lambda job: FakeRun(stdout="ran\n")
+    async with cj.JobManager(hosts=fake_hosts("a"), executor_factory=cluster,
+                             storage=cj.SQLiteStorage(db)) as manager:
+        done = await manager.wait("stranded", timeout=10)
+    assert (done.status, done.stdout, done.attempts) == (cj.JobStatus.COMPLETED, "ran\n", 1)
+    assert done.previous_attempts == ()

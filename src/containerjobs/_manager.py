@@ -754,7 +754,14 @@ class JobManager:
                     await state.executor.remove(leftover)
             if job.status is JobStatus.LAUNCHING:
                 log.info("job.requeued", reason="its launch never completed")
-                requeued = mine.advance(JobStatus.PENDING, host=None, owner=None, container_id=None)
+                # Its command never ran: the attempt is given back.
+                requeued = mine.advance(
+                    JobStatus.PENDING,
+                    host=None,
+                    owner=None,
+                    container_id=None,
+                    attempts=job.attempts - 1,
+                )
                 await self._advance_from(mine, requeued)
                 return
             error = (
