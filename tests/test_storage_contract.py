@@ -6,6 +6,7 @@ contract section are about SQLite alone (sharing a file, reopening it, its schem
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import sqlite3
@@ -37,6 +38,19 @@ from containerjobs.storage._codec import parse_datetime
 from containerjobs.storage._sqlite import MIGRATIONS, SCHEMA_VERSION, _job_columns
 
 from .strategies import T0, at
+
+
+@contextlib.asynccontextmanager
+async def open_stores(path: Path, count: int) -> AsyncIterator[list[SQLiteStorage]]:
+    """`count` SQLiteStorage objects on one file, as separate managers would hold."""
+    stores = [SQLiteStorage(path) for _ in range(count)]
+    try:
+        for store in stores:
+            await store.open()
+        yield stores
+    finally:
+        for store in stores:
+            await store.close()
 
 BACKENDS = ["memory", "sqlite"]
 
@@ -703,11 +717,7 @@ async def test_sqlite_two_stores_on_one_file_see_each_other(tmp_path: Path) -> N
 async def test_sqlite_claims_through_several_connections_respect_max_active(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "shared.db"
-    stores = [SQLiteStorage(path) for _ in range(4)]
-    for store in stores:
-        await store.open()
-    try:
+    async with open_stores(tmp_path / "shared.db", 4) as stores:
         jobs = [make_job(f"j{n:02}", created=n) for n in range(20)]
         await stores[0].create(jobs)
         wins: list[bool] = []
@@ -720,19 +730,12 @@ async def test_sqlite_claims_through_several_connections_respect_max_active(
                 tg.start_soon(claim, stores[n % 4], job)
         assert sum(wins) == 3
         assert await stores[1].count_active() == {"h": 3}
-    finally:
-        for store in stores:
-            await store.close()
 
 
 async def test_sqlite_take_overs_through_several_connections_have_one_winner(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "shared.db"
-    stores = [SQLiteStorage(path) for _ in range(4)]
-    for store in stores:
-        await store.open()
-    try:
+    async with open_stores(tmp_path / "shared.db", 4) as stores:
         job = make_job("j", status=JobStatus.RUNNING, host="h", owner="dead")
         await stores[0].create([job])
         wins: list[bool] = []
@@ -747,9 +750,6 @@ async def test_sqlite_take_overs_through_several_connections_have_one_winner(
             for n in range(12):
                 tg.start_soon(adopt, stores[n % 4], n)
         assert sorted(wins) == [False] * 11 + [True]
-    finally:
-        for store in stores:
-            await store.close()
 
 
 async def test_sqlite_leases_are_shared_and_stored_as_utc_text(tmp_path: Path) -> None:
