@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import attrs
 
-from ._errors import InvalidJobSpec
+from ._errors import ContainerJobsError, InvalidJobSpec
 from ._images import parse_image
 from ._output import clean_output, parse_output
 from ._templates import parse_environment
@@ -81,7 +81,7 @@ _TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
-class InvalidTransition(InvalidJobSpec):
+class InvalidTransition(ContainerJobsError):
     """A status change that the state machine forbids (a bug, or a lost race)."""
 
 
