@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 
 from ._errors import HostUnavailable
+from ._images import canonical_registry
 
 _SCHEMES = ("unix://", "tcp://", "http://", "https://")
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
@@ -94,7 +95,7 @@ def _to_auth(value: Mapping[str, Any] | None) -> dict[str, RegistryAuth]:
             auth = RegistryAuth(**auth)
         if not isinstance(auth, RegistryAuth):
             raise TypeError(f"registry_auth[{registry!r}] must be a RegistryAuth")
-        auths[registry] = auth
+        auths[canonical_registry(registry)] = auth
     return auths
 
 

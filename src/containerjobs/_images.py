@@ -16,6 +16,14 @@ _REFERENCE = re.compile(
 )
 
 DEFAULT_REGISTRY = "docker.io"
+# Docker Hub answers to several names; policy checks and credentials use one.
+DOCKER_HUB_ALIASES = frozenset({DEFAULT_REGISTRY, "index.docker.io", "registry-1.docker.io"})
+
+
+def canonical_registry(name: str) -> str:
+    """The registry's name as this library keys it: Docker Hub's aliases become
+    ``docker.io``."""
+    return DEFAULT_REGISTRY if name in DOCKER_HUB_ALIASES else name
 
 
 @attrs.frozen
@@ -26,10 +34,6 @@ class ImageRef:
     repository: str
     tag: str | None
     digest: str | None
-
-    @property
-    def explicit_registry(self) -> bool:
-        return self.registry != DEFAULT_REGISTRY
 
 
 def parse_image(reference: str) -> ImageRef:
@@ -44,4 +48,4 @@ def parse_image(reference: str) -> ImageRef:
         registry, repository = first, rest
     else:
         registry, repository = DEFAULT_REGISTRY, name
-    return ImageRef(registry, repository, match["tag"], match["digest"])
+    return ImageRef(canonical_registry(registry), repository, match["tag"], match["digest"])

@@ -15,7 +15,7 @@ import anyio
 from ._models import LogLine
 from .storage import StoredLine
 
-_FLUSH_LINES = 500  # a flush at least every this many lines...
+_FLUSH_LINES = 500  # a flush at least every this many lines (and every 0.25 s)
 
 
 class LogHub:

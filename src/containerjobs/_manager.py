@@ -11,7 +11,8 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from datetime import timedelta
-from typing import Any, Literal, Self
+from functools import partial
+from typing import Any, Literal, Self, TypeVar
 
 import anyio
 import attrs
@@ -26,6 +27,7 @@ from ._errors import (
     ImageNotFound,
     InvalidJobSpec,
     JobNotFound,
+    StorageError,
 )
 from ._events import EventStream
 from ._harvest import End, Output, Usage, outcome
@@ -56,12 +58,14 @@ _log = structlog.get_logger("containerjobs")
 ExitMode = Literal["cancel", "wait", "detach"]
 ExecutorFactory = Callable[[DockerHost, str, SecurityPolicy], Executor]
 
-_ACTIVE = (JobStatus.LAUNCHING, JobStatus.RUNNING)
 _LOG_FLUSH_INTERVAL = 0.25
 _LOG_DRAIN_GRACE = 30.0  # after exit, how long the log stream may take to end
 _KILL_GRACE = 30.0
 _RECHECK = 2.0  # seconds between health checks of a host that is down
 _MAX_RETRY_DELAY = 60.0
+_EARLY_END_GRACE = 2.0  # a log stream ended this long before the exit ended early
+_PERSIST_RETRIES = (0.5, 1.0, 2.0, 4.0, 8.0)
+T = TypeVar("T")
 
 
 def _default_executor(host: DockerHost, manager_id: str, policy: SecurityPolicy) -> Executor:
@@ -232,11 +236,12 @@ class JobManager:
                 self._tg = tg
                 if self._hosts:
                     # Adopt what dead managers left before taking new work.
-                    await self._renew_lease()
-                    await self._reconcile()
+                    await self._lease_round()
                     tg.start_soon(self._dispatch_loop)
                     tg.start_soon(self._health_loop)
                     tg.start_soon(self._lease_loop)
+                    if self.storage.persistent:
+                        tg.start_soon(self._cancel_request_loop)
                 started.set()
                 await self._stop.wait()
                 tg.cancel_scope.cancel()
@@ -250,26 +255,30 @@ class JobManager:
             return
         if self._state == "closing":
             return
+        # From here on nothing new is claimed or adopted (both check the state).
         self._state = "closing"
         try:
-            controls = list(self._controls.values())
             mode = self.exit_mode
-            if mode == "cancel":
-                for control in controls:
+            # Supervisors started while we waited are waited for too.
+            while mode != "detach" and self._controls:
+                control = next(iter(self._controls.values()))
+                if mode == "cancel":
                     control.request_cancel("cancelled: the manager shut down")
-            if mode in ("cancel", "wait"):
-                for control in controls:
-                    await control.done.wait()
-            # With "detach", stopping the task group stops the supervisors; their
-            # containers run on, and the next manager adopts them.
-            self._stop.set()
-            if self._runner is not None:
-                await self._runner
+                await control.done.wait()
             if self._hosts:
                 with anyio.CancelScope(shield=True), suppress(ContainerJobsError):
                     # Gone for good: others may adopt what is left at once.
                     await self.storage.drop_lease(self.id)
         finally:
+            # With "detach", stopping the task group stops the supervisors; their
+            # containers run on, and the next manager adopts them. Shielded: a close
+            # that is itself cancelled must not leave the task group running.
+            self._stop.set()
+            if self._runner is not None:
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait([self._runner])
+                    if not self._runner.cancelled() and self._runner.exception():
+                        self._log.error("manager.crashed", error=repr(self._runner.exception()))
             for subscriber in self._subscribers:
                 subscriber.close()
             await self._release()
@@ -369,6 +378,7 @@ class JobManager:
                 changed = self._watch(job_id)
                 job = await self.storage.get(job_id)
                 if job.status.is_terminal:
+                    self._forget_watcher(job_id)
                     return job
                 with anyio.move_on_after(self._poll_delay(job, delay)):
                     await changed.wait()
@@ -412,6 +422,8 @@ class JobManager:
             changed = self._watch(job_id)
             job = await self.storage.get(job_id)
             if job.status.is_terminal or not follow:
+                if job.status.is_terminal:
+                    self._forget_watcher(job_id)
                 # Lines stored just before the final status was written.
                 for stored in await self.storage.read_logs(job_id, after=next_seq - 1):
                     yield stored.line
@@ -458,7 +470,8 @@ class JobManager:
             # again if a write of its own (launching -> running) replaced the word.
             if not job.cancel_requested:
                 flagged = attrs.evolve(job, cancel_requested=True)
-                await self.storage.update(flagged, expected=job.status)
+                # Owner-checked: a stale record must not undo an adoption.
+                await self.storage.take_over(flagged, expected=job.status, expected_owner=job.owner)
             with suppress(TimeoutError):
                 return await self.wait(job_id, timeout=self._poll_interval * 2)
 
@@ -569,9 +582,15 @@ class JobManager:
         # processes can change behind its back, and then only for jobs it does not run.
         if not self.storage.persistent:
             return None
-        if job.owner == self.id and job.status in _ACTIVE:
+        if job.owner == self.id and job.status.is_active:
             return None
         return delay
+
+    def _forget_watcher(self, job_id: str) -> None:
+        # Set before dropping: a waiter that read a stale status looks again.
+        event = self._watchers.pop(job_id, None)
+        if event is not None:
+            event.set()
 
     def _watch(self, job_id: str) -> anyio.Event:
         # Take the event before reading the store, so a change between the read and
@@ -675,6 +694,8 @@ class JobManager:
             choice = self.strategy.select(job, candidates)
             if choice is None:
                 continue
+            if self._state != "open":
+                return  # closing: take no more work
             claimed = job.advance(
                 JobStatus.LAUNCHING,
                 host=choice.host.name,
@@ -710,28 +731,38 @@ class JobManager:
         # whose lease ran out and to remove containers nobody owns.
         while True:
             await anyio.sleep(self._lease_ttl / 3)
-            try:
-                await self._renew_lease()
-                await self._reconcile()
-            except ContainerJobsError as exc:
-                self._log.error("reconcile.failed", error=str(exc))
+            await self._lease_round()
+
+    async def _lease_round(self) -> None:
+        try:
+            await self._renew_lease()
+            await self._reconcile()
+        except Exception:
+            # A store or host that fails now may answer next round; a bug must not
+            # stop the manager either. Both are logged.
+            self._log.exception("reconcile.failed")
 
     async def _reconcile(self) -> None:
-        live = await self.storage.live_managers() | {self.id}
+        live = await self.storage.live_managers()
         for job in await self.storage.active_jobs():
-            if job.owner in live or job.id in self._controls:
+            # Our own job without a supervisor (its final write failed) is adopted
+            # back like a dead manager's.
+            if job.id in self._controls or (job.owner in live and job.owner != self.id):
                 continue
             state = self._hosts.get(job.host or "")
-            if state is None or not state.usable:
+            if state is None or not state.usable or self._state != "open":
                 continue  # not a host we can reach: another manager's to adopt
-            await self._adopt(job, state)
+            try:
+                await self._adopt(job, state)
+            except ContainerJobsError as exc:
+                self._log.warning("job.adopt_failed", job_id=job.id, error=str(exc))
         # Safe with any store: containers are matched to this store by its identity.
         for state in self._hosts.values():
             if state.usable:
                 try:
                     await self._remove_orphans(state)
                 except HostUnavailable as exc:
-                    self._set_health(state, HostHealth(False, None, str(exc), utcnow()))
+                    self._mark_down(state, str(exc))
 
     async def _adopt(self, job: Job, state: _HostState) -> None:
         log = self._log.bind(job_id=job.id, host=state.host.name, previous_owner=job.owner)
@@ -740,18 +771,20 @@ class JobManager:
         try:
             containers = await state.executor.find(job_id=job.id)
         except HostUnavailable as exc:
-            self._set_health(state, HostHealth(False, None, str(exc), utcnow()))
+            self._mark_down(state, str(exc))
             return
         mine = attrs.evolve(job, owner=self.id)
         if not await self.storage.take_over(mine, expected=job.status, expected_owner=job.owner):
             return  # another manager adopted it first
-        found = {info.container_id: info for info in containers}
-        info = found.get(job.container_id or "") or next(iter(found.values()), None)
+        # Only the current attempt's container counts; an earlier attempt's goes.
+        current = [c for c in containers if c.attempt == job.attempts]
+        info = current[0] if current else None
+        for other in containers:
+            if other is not info or not other.started:
+                with suppress(ContainerJobsError):
+                    await state.executor.remove(other.container_id)
         if info is None or not info.started:
             # It never ran (or its container vanished while it ran).
-            for leftover in found:
-                with suppress(ContainerJobsError):
-                    await state.executor.remove(leftover)
             if job.status is JobStatus.LAUNCHING:
                 log.info("job.requeued", reason="its launch never completed")
                 # Its command never ran: the attempt is given back.
@@ -774,6 +807,23 @@ class JobManager:
         log.info("job.adopted", container_id=info.container_id[:12], state=info.state)
         self._start_supervisor(mine, state, adopt=info.container_id)
 
+    async def _cancel_request_loop(self) -> None:
+        # A cancel asked through another manager arrives as a flag in the store: one
+        # read per round for all of this manager's jobs, not one per job.
+        while True:
+            await anyio.sleep(self._poll_interval)
+            if not self._controls:
+                continue
+            try:
+                jobs = await self.storage.active_jobs(owner=self.id)
+            except ContainerJobsError as exc:
+                self._log.warning("cancel_requests.unreadable", error=str(exc))
+                continue
+            for job in jobs:
+                control = self._controls.get(job.id)
+                if job.cancel_requested and control is not None:
+                    control.request_cancel("cancelled")
+
     async def _remove_orphans(self, state: _HostState) -> None:
         for info in await state.executor.find():
             # Only containers of this store: another store's are another system's.
@@ -783,13 +833,17 @@ class JobManager:
                 job: Job | None = await self.storage.get(info.job_id)
             except JobNotFound:
                 job = None
-            if job is None or job.status.is_terminal:
+            if job is None or job.status.is_terminal or info.attempt < job.attempts:
                 self._log.warning(
                     "container.orphan_removed",
                     host=state.host.name,
                     job_id=info.job_id,
                     container_id=info.container_id[:12],
-                    reason="no such job" if job is None else f"job is {job.status}",
+                    reason="no such job"
+                    if job is None
+                    else f"job is {job.status}"
+                    if job.status.is_terminal
+                    else "an earlier attempt",
                 )
                 await state.executor.remove(info.container_id)
 
@@ -815,11 +869,15 @@ class JobManager:
             with anyio.fail_after(10):
                 await state.executor.ping()
         except (ContainerJobsError, TimeoutError) as exc:
-            error = str(exc) or f"host {state.host.name!r} did not answer within 10 s"
-            self._set_health(state, HostHealth(False, None, error, utcnow()))
+            self._mark_down(
+                state, str(exc) or f"host {state.host.name!r} did not answer within 10 s"
+            )
         else:
             elapsed = time.perf_counter() - started
             self._set_health(state, HostHealth(True, elapsed, None, utcnow()))
+
+    def _mark_down(self, state: _HostState, error: str) -> None:
+        self._set_health(state, HostHealth(False, None, error, utcnow()))
 
     def _set_health(self, state: _HostState, health: HostHealth) -> None:
         was = state.health.healthy
@@ -849,6 +907,8 @@ class JobManager:
             self._controls.pop(job.id, None)
             control.done.set()
             self._wake.set()
+            # Whatever happened, waiters look again (polling is off for our own jobs).
+            self._forget_watcher(job.id)
 
     async def _fail_quietly(self, job_id: str, error: str) -> None:
         with suppress(ContainerJobsError):
@@ -864,22 +924,11 @@ class JobManager:
         adopt: str | None,
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
-        executor = state.executor
         if adopt is None:
-            log.info("job.launching", image=job.spec.image, attempt=job.attempts)
-            try:
-                container_id = await executor.launch(
-                    job, labels={LABEL_STORE: self.storage.store_id}
-                )
-            except ContainerJobsError as exc:
-                log.warning("job.launch_failed", error=str(exc))
-                if isinstance(exc, HostUnavailable):
-                    self._set_health(state, HostHealth(False, None, str(exc), utcnow()))
-                # A missing image stays missing; anything else may pass on a retry.
-                await self._finish_or_retry(
-                    job, JobStatus.FAILED, str(exc), retryable=not isinstance(exc, ImageNotFound)
-                )
+            launched = await self._launch(job, state, log)
+            if launched is None:
                 return
+            container_id = launched
         else:
             container_id = adopt
         log = log.bind(container_id=container_id[:12])
@@ -897,9 +946,8 @@ class JobManager:
                         job, JobStatus.RUNNING, container_id=container_id, started_at=utcnow()
                     )
                 except _LostRace:
-                    # Cancelled while launching: the container must not outlive the job.
-                    with anyio.CancelScope(shield=True):
-                        await executor.remove(container_id)
+                    # Only an adopter can have changed it (writes check the owner):
+                    # the container is the adopter's now, so it is left alone.
                     raise
             log.info("job.running", adopted=adopt is not None)
             await self._watch_container(job, state, container_id, control, hub, output, log)
@@ -909,6 +957,30 @@ class JobManager:
                 await hub.flush()
             hub.close()
             self._hubs.pop(job.id, None)
+
+    async def _launch(
+        self, job: Job, state: _HostState, log: structlog.typing.FilteringBoundLogger
+    ) -> str | None:
+        """Launch the job's container, or end the job when that fails; return the
+        container id, or None when the job ended.
+
+        A cancel that arrives meanwhile is acted on once the container runs (it is
+        killed at once): cutting a create short could leave a container the daemon
+        makes after we looked for it.
+        """
+        log.info("job.launching", image=job.spec.image, attempt=job.attempts)
+        try:
+            return await state.executor.launch(job, labels={LABEL_STORE: self.storage.store_id})
+        except ContainerJobsError as exc:
+            failure = exc
+        log.warning("job.launch_failed", error=str(failure))
+        if isinstance(failure, HostUnavailable):
+            self._mark_down(state, str(failure))
+        # A missing image stays missing; anything else may pass on a retry.
+        await self._finish_or_retry(
+            job, JobStatus.FAILED, str(failure), retryable=not isinstance(failure, ImageNotFound)
+        )
+        return None
 
     async def _restore_output(self, job: Job, output: Output) -> None:
         after = job.output_start - 1
@@ -929,12 +1001,17 @@ class JobManager:
     ) -> None:
         executor = state.executor
         usage = Usage()
+        exited = anyio.Event()
         async with anyio.create_task_group() as tg:
             pump_done = anyio.Event()
-            tg.start_soon(self._pump_logs, executor, container_id, hub, output, pump_done, log)
+            tg.start_soon(
+                self._pump_logs, executor, container_id, hub, output, exited, pump_done, log
+            )
             tg.start_soon(self._sample_stats, executor, container_id, usage, log)
-            tg.start_soon(self._flush_periodically, hub)
+            tg.start_soon(self._flush_periodically, hub, log)
             end = await self._await_end(job, executor, container_id, control, log)
+            if end.exit is not None:
+                exited.set()
             # The log stream ends when the container stops; give it time to drain.
             with anyio.move_on_after(_LOG_DRAIN_GRACE if end.failure is None else 1.0):
                 await pump_done.wait()
@@ -947,7 +1024,10 @@ class JobManager:
         for line in output.finish():
             hub.add(line)
         with anyio.CancelScope(shield=True):
-            await hub.flush()
+            try:
+                await self._persist(hub.flush, log)
+            except ContainerJobsError as exc:
+                output.lost = output.lost or f"storing the output failed: {exc}"
             try:
                 await executor.remove(container_id)
                 log.info("container.removed")
@@ -955,19 +1035,23 @@ class JobManager:
                 log.warning("container.remove_failed", error=str(exc))
             status, error = outcome(job, end, output, control.reason)
             oom = bool(end.exit and end.exit.oom_killed)
-            done = await self._finish_or_retry(
-                job,
-                status,
-                error,
-                # Timeouts, cancels and OOM kills would only happen again.
-                retryable=end.reason is None and not oom,
-                exit_code=end.exit.exit_code if end.exit else None,
-                oom_killed=oom,
-                stdout=output.text("stdout"),
-                stderr=output.text("stderr"),
-                logs_truncated=output.truncated,
-                max_memory_bytes=usage.peak_memory,
-                cpu_usage_percent=usage.cpu_percent,
+            done = await self._persist(
+                partial(
+                    self._finish_or_retry,
+                    job,
+                    status,
+                    error,
+                    # Timeouts, cancels and OOM kills would only happen again.
+                    retryable=end.reason is None and not oom,
+                    exit_code=end.exit.exit_code if end.exit else None,
+                    oom_killed=oom,
+                    stdout=output.text("stdout"),
+                    stderr=output.text("stderr"),
+                    logs_truncated=output.truncated,
+                    max_memory_bytes=usage.peak_memory,
+                    cpu_usage_percent=usage.cpu_percent,
+                ),
+                log,
             )
             log.info(
                 "job.finished",
@@ -1008,7 +1092,6 @@ class JobManager:
 
                 race.start_soon(first, exited)
                 race.start_soon(first, control.cancel.wait)
-                race.start_soon(first, lambda: self._watch_cancel_flag(job, control))
         if end.failure is not None:
             log.warning("container.lost", error=end.failure)
             return end
@@ -1024,33 +1107,34 @@ class JobManager:
                 log.warning("container.kill_failed", error=end.failure)
         return end
 
-    async def _watch_cancel_flag(self, job: Job, control: _Control) -> None:
-        # A cancel asked through another manager arrives as a flag in the store; only
-        # a store other processes share can carry one.
-        if not self.storage.persistent:
-            await anyio.sleep_forever()
-        while True:
-            await anyio.sleep(self._poll_interval)
-            with suppress(ContainerJobsError):
-                if (await self.storage.get(job.id)).cancel_requested:
-                    control.request_cancel("cancelled")
-                    await control.cancel.wait()
-                    return
-
     async def _pump_logs(
         self,
         executor: Executor,
         container_id: str,
         hub: LogHub,
         output: Output,
+        exited: anyio.Event,
         done: anyio.Event,
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
+        # The stream normally ends because the container stopped; if the container
+        # has not stopped soon after, the stream ended early: follow it again from
+        # where it got to.
         try:
-            await self._read_logs(executor, container_id, hub, output, follow=True)
-            output.complete = True
-        except ContainerJobsError as exc:
-            log.warning("logs.stream_broken", error=str(exc))
+            while True:
+                clean = True
+                try:
+                    await self._read_logs(executor, container_id, hub, output, follow=True)
+                except ContainerJobsError as exc:
+                    clean = False
+                    log.warning("logs.stream_broken", error=str(exc))
+                with anyio.move_on_after(_EARLY_END_GRACE):
+                    await exited.wait()
+                if exited.is_set():
+                    # A broken last stream leaves the rest to the catch-up read.
+                    output.complete = clean
+                    return
+                log.info("logs.stream_reopened")
         finally:
             done.set()
 
@@ -1082,7 +1166,9 @@ class JobManager:
             if output.add(item):
                 hub.add(item.line)
                 if hub.wants_flush:
-                    await hub.flush()
+                    # Best effort: unflushed lines stay buffered for the next flush.
+                    with suppress(ContainerJobsError):
+                        await hub.flush()
 
     async def _sample_stats(
         self,
@@ -1098,8 +1184,25 @@ class JobManager:
             log.info("stats.unavailable", error=str(exc))
 
     @staticmethod
-    async def _flush_periodically(hub: LogHub) -> None:
+    async def _flush_periodically(hub: LogHub, log: structlog.typing.FilteringBoundLogger) -> None:
         # Lines reach the store within a fraction of a second, for readers elsewhere.
         while True:
             await anyio.sleep(_LOG_FLUSH_INTERVAL)
-            await hub.flush()
+            try:
+                await hub.flush()
+            except ContainerJobsError as exc:
+                # The lines stay buffered; the next flush writes them (it is idempotent).
+                log.warning("logs.flush_failed", error=str(exc))
+
+    @staticmethod
+    async def _persist(
+        write: Callable[[], Awaitable[T]], log: structlog.typing.FilteringBoundLogger
+    ) -> T:
+        # A job's end must reach the store: ride out a short outage of it.
+        for delay in _PERSIST_RETRIES:
+            try:
+                return await write()
+            except StorageError as exc:
+                log.warning("store.write_failed", error=str(exc), retry_in=delay)
+                await anyio.sleep(delay)
+        return await write()

@@ -45,6 +45,11 @@ class JobStatus(enum.StrEnum):
     def is_terminal(self) -> bool:
         return self in _TERMINAL
 
+    @property
+    def is_active(self) -> bool:
+        """Launching or running: it holds a slot on its host and has an owner."""
+        return self in _ACTIVE
+
     def can_become(self, new: JobStatus) -> bool:
         """Whether the move from this status to `new` is allowed."""
         return new in _TRANSITIONS[self]
@@ -53,6 +58,7 @@ class JobStatus(enum.StrEnum):
 _TERMINAL = frozenset(
     {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.TIMEOUT, JobStatus.CANCELLED}
 )
+_ACTIVE = frozenset({JobStatus.LAUNCHING, JobStatus.RUNNING})
 # The one place that says which moves a job may make. A retry goes back to pending.
 _TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.PENDING: frozenset({JobStatus.LAUNCHING, JobStatus.CANCELLED, JobStatus.FAILED}),

@@ -11,7 +11,7 @@ import attrs
 import structlog
 
 from ._errors import InvalidJobSpec, PolicyViolation
-from ._images import DEFAULT_REGISTRY, parse_image
+from ._images import canonical_registry, parse_image
 from ._models import JobSpec, Mount
 
 _log = structlog.get_logger("containerjobs.policy")
@@ -30,7 +30,6 @@ FORBIDDEN_MOUNT_SOURCES: tuple[str, ...] = (
     "/run",
 )
 _ROOT_USERS = frozenset({"0", "root"})
-_DOCKER_HUB_ALIASES = frozenset({DEFAULT_REGISTRY, "index.docker.io", "registry-1.docker.io"})
 
 
 def _within(path: str, folder: str) -> bool:
@@ -129,9 +128,7 @@ class SecurityPolicy:
         if self.allowed_registries is None:
             return
         registry = parse_image(image).registry
-        allowed = set(self.allowed_registries)
-        if allowed & _DOCKER_HUB_ALIASES:
-            allowed |= _DOCKER_HUB_ALIASES
+        allowed = {canonical_registry(name) for name in self.allowed_registries}
         if registry not in allowed:
             self._refuse(
                 "image",

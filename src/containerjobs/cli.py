@@ -24,7 +24,7 @@ import structlog
 from ._errors import ContainerJobsError
 from ._hosts import DockerHost, TLSConfig
 from ._manager import JobManager
-from ._models import Job, JobSpec, JobStatus, LogLine
+from ._models import PULL_POLICIES, Job, JobSpec, JobStatus, LogLine
 from .storage import InMemoryStorage, SQLiteStorage, Storage
 from .storage._codec import converter
 
@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-w", "--workdir", help="working directory inside the container")
     run.add_argument(
         "--pull",
-        choices=["if-not-present", "always", "never"],
+        choices=PULL_POLICIES,
         default="if-not-present",
         help="when to pull the image",
     )

@@ -200,6 +200,7 @@ class FakeExecutor:
                 self._manager_id,
                 c.labels.get(LABEL_STORE),
                 "running" if c.status is None else "exited",
+                c.job.attempts,
             )
             for cid, c in self.containers.items()
             if job_id is None or c.job.id == job_id

@@ -73,10 +73,7 @@ class ContainerInfo:
     manager_id: str | None
     store_id: str | None
     state: str  # the engine's word: "created", "running", "exited", ...
-
-    @property
-    def running(self) -> bool:
-        return self.state == "running"
+    attempt: int = 0  # the job's attempt it was made for
 
     @property
     def started(self) -> bool:

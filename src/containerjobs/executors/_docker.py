@@ -16,6 +16,7 @@ shape this module:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -142,6 +143,14 @@ def _translate(host: str, what: str) -> Iterator[None]:
         raise HostUnavailable(
             f"host {host!r} is unreachable while {what}: {exc or type(exc).__name__}"
         ) from exc
+    except ValueError as exc:  # a reply that is not the JSON the API promises
+        raise ExecutorError(f"{what} on host {host!r}: unreadable reply: {exc}") from exc
+
+
+def _gone_or_stopped(exc: ExecutorError) -> bool:
+    # 404: no such container; 409: not running, or a removal already in progress.
+    cause = exc.__cause__
+    return isinstance(cause, DockerError) and cause.status in (404, 409)
 
 
 class DockerExecutor:
@@ -302,32 +311,29 @@ class DockerExecutor:
     async def _create(self, job: Job, config: dict[str, Any], name: str) -> str:
         image = job.spec.image
         for attempt in range(2):
-            try:
-                with _translate(self.name, f"creating the container of job {job.id}"):
-                    try:
-                        data = await self._client._query_json(
-                            "containers/create",
-                            method="POST",
-                            params={"name": name},
-                            data=json.dumps(config),
-                        )
-                        return str(data["Id"])
-                    except DockerError as exc:
-                        missing = exc.status == 404 and "image" in exc.message.lower()
-                        if not missing:
-                            raise
-                        if job.spec.pull_policy == "never":
-                            raise ImageNotFound(
-                                f"image {image!r} not found on host {self.name!r} and "
-                                f"pull_policy is 'never'"
-                            ) from exc
-                        if attempt == 1:
-                            raise ImageNotFound(
-                                f"image {image!r} is still missing on host {self.name!r} "
-                                f"after a successful pull"
-                            ) from exc
-            except ImageNotFound:
-                raise
+            with _translate(self.name, f"creating the container of job {job.id}"):
+                try:
+                    data = await self._client._query_json(
+                        "containers/create",
+                        method="POST",
+                        params={"name": name},
+                        data=json.dumps(config),
+                    )
+                    return str(data["Id"])
+                except DockerError as exc:
+                    missing = exc.status == 404 and "image" in exc.message.lower()
+                    if not missing:
+                        raise
+                    if job.spec.pull_policy == "never":
+                        raise ImageNotFound(
+                            f"image {image!r} not found on host {self.name!r} and "
+                            f"pull_policy is 'never'"
+                        ) from exc
+                    if attempt == 1:
+                        raise ImageNotFound(
+                            f"image {image!r} is still missing on host {self.name!r} "
+                            f"after a successful pull"
+                        ) from exc
             await self._pull_or_raise(image)
         raise AssertionError("unreachable")
 
@@ -387,6 +393,8 @@ class DockerExecutor:
         if since is not None:
             params["since"] = _docker_since(since)
         decoders = {kind: _StreamDecoder(stream) for kind, stream in _STREAMS.items()}
+        # A frame cut in half is an error, never a short line: the caller reads again.
+        cut = f"the log stream of container {container_id[:12]} was cut mid-frame"
         # The daemon stamps each stream as it reads its pipe, so across streams a
         # stamp can be a hair older than the one before it: never let time go back.
         latest = datetime.min.replace(tzinfo=UTC)
@@ -399,9 +407,14 @@ class DockerExecutor:
                     # Multiplexed frames: 1 byte stream, 3 zero bytes, 4 bytes size.
                     try:
                         header = await content.readexactly(8)
+                    except asyncio.IncompleteReadError as exc:
+                        if not exc.partial:
+                            break  # the stream ended between frames: a clean end
+                        raise ExecutorError(cut) from exc
+                    try:
                         payload = await content.readexactly(int.from_bytes(header[4:], "big"))
-                    except EOFError:  # asyncio.IncompleteReadError: the stream ended
-                        break
+                    except asyncio.IncompleteReadError as exc:
+                        raise ExecutorError(cut) from exc
                     decoder = decoders.get(header[0])
                     if decoder is None:
                         continue
@@ -470,8 +483,7 @@ class DockerExecutor:
             with _translate(self.name, f"killing container {container_id[:12]}"):
                 await self._client._query_json(f"containers/{container_id}/kill", method="POST")
         except ExecutorError as exc:
-            # 404: gone already; 409: not running. Either way it is stopped.
-            if not isinstance(exc.__cause__, DockerError) or exc.__cause__.status not in (404, 409):
+            if not _gone_or_stopped(exc):
                 raise
 
     async def remove(self, container_id: str) -> None:
@@ -485,8 +497,7 @@ class DockerExecutor:
                 ):
                     pass
         except ExecutorError as exc:
-            # 404: gone; 409: a removal is already in progress.
-            if not isinstance(exc.__cause__, DockerError) or exc.__cause__.status not in (404, 409):
+            if not _gone_or_stopped(exc):
                 raise
 
     async def _remove_quietly(self, container_id: str | None, job_id: str) -> None:
@@ -513,6 +524,7 @@ class DockerExecutor:
                 job_id=item["Labels"][LABEL_JOB_ID],
                 manager_id=item["Labels"].get(LABEL_MANAGER),
                 store_id=item["Labels"].get(LABEL_STORE),
+                attempt=int(item["Labels"].get(LABEL_ATTEMPT) or 0),
                 state=str(item.get("State") or "unknown"),
             )
             for item in found

@@ -25,7 +25,7 @@ from ._codec import (
 
 __all__ = ["InMemoryStorage"]
 
-_ACTIVE = frozenset({JobStatus.LAUNCHING, JobStatus.RUNNING})
+_ACTIVE = frozenset(s for s in JobStatus if s.is_active)
 
 
 def _newest_first(job: Job) -> tuple[datetime, str]:

@@ -109,7 +109,7 @@ _BUSY_TIMEOUT_SECONDS = 10.0
 _OPEN_ATTEMPTS = 6
 
 # Status literals written into SQL: they are our own enum values, never user input.
-_ACTIVE_SQL = f"('{JobStatus.LAUNCHING.value}', '{JobStatus.RUNNING.value}')"
+_ACTIVE_SQL = "(" + ", ".join(f"'{s.value}'" for s in JobStatus if s.is_active) + ")"
 _TERMINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in JobStatus if s.is_terminal) + ")"
 
 _SET_JOB = (
