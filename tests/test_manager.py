@@ -359,3 +359,43 @@ async def test_a_launch_cut_short_by_a_crash_is_requeued(cluster: FakeCluster,
         done = await manager.wait("stranded", timeout=10)
     assert (done.status, done.stdout, done.attempts) == (cj.JobStatus.COMPLETED, "ran\n", 1)
     assert done.previous_attempts == ()
+
+
+class FlakyStorage(cj.InMemoryStorage):
+    """An in-memory store whose writes fail while `down` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.failed_writes = 0
+
+    def _check(self) -> None:
+        if self.down:
+            self.failed_writes += 1
+            raise cj.StorageError("the store is down (test)")
+
+    async def take_over(self, job: cj.Job, **kwargs: object) -> bool:  # type: ignore[override]
+        self._check()
+        return await super().take_over(job, **kwargs)  # type: ignore[arg-type]
+
+    async def append_logs(self, job_id: str, lines: object) -> None:  # type: ignore[override]
+        self._check()
+        await super().append_logs(job_id, lines)  # type: ignore[arg-type]
+
+
+async def test_a_short_store_outage_loses_neither_job_nor_output(cluster: FakeCluster) -> None:
+    storage = FlakyStorage()
+    cluster.behaviour = lambda job: FakeRun(stdout="one\ntwo\n", duration=0.3)
+    async with cj.JobManager(hosts=fake_hosts("a"), executor_factory=cluster,
+                             storage=storage) as manager:
+        job = await manager.submit(SPEC)
+        await until_status(manager, job.id, cj.JobStatus.RUNNING)
+        storage.down = True  # the job ends while its store is away
+        await anyio.sleep(0.8)
+        storage.down = False
+        done = await manager.wait(job.id, timeout=20)
+        lines = [line.text async for line in manager.logs(job.id)]
+    assert storage.failed_writes > 0
+    assert done.status is cj.JobStatus.COMPLETED and done.stdout == "one\ntwo\n"
+    assert lines == ["one", "two"]
+    assert cluster.executors["a"].containers == {}

@@ -754,6 +754,11 @@ class JobManager:
                 continue  # not a host we can reach: another manager's to adopt
             try:
                 await self._adopt(job, state)
+            except _LostRace as race:
+                # Another manager or a client moved it first: theirs now.
+                self._log.info(
+                    "job.adopt_superseded", job_id=job.id, status=str(race.current.status)
+                )
             except ContainerJobsError as exc:
                 self._log.warning("job.adopt_failed", job_id=job.id, error=str(exc))
         # Safe with any store: containers are matched to this store by its identity.
@@ -1017,7 +1022,8 @@ class JobManager:
                 await pump_done.wait()
             tg.cancel_scope.cancel()
         if end.failure is None and not output.complete:
-            # The stream broke before the container stopped: read what it missed.
+            # The stream broke or ended before the container stopped: read what it
+            # missed (nothing is doubled: the read starts where the stream got to).
             await self._catch_up_logs(executor, container_id, hub, output, log)
         if end.failure is not None:
             await self._check_host(state)  # the host may be gone: stop placing jobs there
@@ -1131,7 +1137,9 @@ class JobManager:
                 with anyio.move_on_after(_EARLY_END_GRACE):
                     await exited.wait()
                 if exited.is_set():
-                    # A broken last stream leaves the rest to the catch-up read.
+                    # A clean end means the container stopped and its output was all
+                    # delivered (the Executor contract); a broken one leaves the rest
+                    # to the catch-up read.
                     output.complete = clean
                     return
                 log.info("logs.stream_reopened")

@@ -133,9 +133,13 @@ class Executor(Protocol):
         self, container_id: str, *, since: datetime | None = None, follow: bool = True
     ) -> AsyncIterator[OutputLine]:
         """The container's output, both streams in the order written, from `since`
-        (inclusive) or the start. With `follow`, the iterator ends when the engine
-        ends the stream, which normally means the container stopped, but may be
-        earlier: callers confirm the exit with `wait`."""
+        (inclusive) or the start.
+
+        With `follow`, the iterator ends without error only when the container has
+        stopped and all its output was delivered (Docker's json-file reader drains the
+        log before it ends the stream); a stream that breaks raises, and the caller
+        reads again from where it got to. Callers still confirm the exit with `wait`,
+        and follow again if it does not come."""
         ...
 
     def stats(self, container_id: str) -> AsyncIterator[ResourceSample]:
