@@ -193,3 +193,10 @@ def test_policy_defaults_and_refusals(tmp_path: object) -> None:
     strict.apply(cj.JobSpec(image="127.0.0.1:5000/team/tool:1"))
     hub = attrs.evolve(policy, allowed_registries=["docker.io"])
     hub.apply(cj.JobSpec(image="alpine"))
+
+
+def test_image_and_command_may_be_positional() -> None:
+    assert cj.JobSpec("alpine:3.18", "echo hi") == cj.JobSpec(image="alpine:3.18",
+                                                            command="echo hi")
+    with pytest.raises(TypeError):
+        cj.JobSpec("alpine", "echo hi", 64)  # type: ignore[misc]

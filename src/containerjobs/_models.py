@@ -261,34 +261,37 @@ def _mask_environment(env: Mapping[str, str]) -> str:
     return "{" + ", ".join(f"{key!r}: '***'" for key in env) + "}"
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen
 class JobSpec:
     """What to run: an image, a command, limits and the container's settings.
 
     Limits left `None` take the policy's defaults; the job stores the effective ones.
     A `str` command runs as ``/bin/sh -c command``; a list runs as is; `None` keeps
-    the image's own command.
+    the image's own command. `image` and `command` may be given by position; the
+    rest only by name.
     """
 
     image: str = attrs.field()
     command: str | tuple[str, ...] | None = attrs.field(default=None, converter=_to_command)
-    name: str | None = attrs.field(default=None)
-    memory_limit_mb: int | None = attrs.field(default=None)
-    cpu_limit: float | None = attrs.field(default=None)
-    timeout_seconds: float | None = attrs.field(default=None)
+    name: str | None = attrs.field(kw_only=True, default=None)
+    memory_limit_mb: int | None = attrs.field(kw_only=True, default=None)
+    cpu_limit: float | None = attrs.field(kw_only=True, default=None)
+    timeout_seconds: float | None = attrs.field(kw_only=True, default=None)
     environment: dict[str, str] = attrs.field(
-        factory=dict, converter=_to_environment, repr=_mask_environment
+        kw_only=True, factory=dict, converter=_to_environment, repr=_mask_environment
     )
-    environment_template: str | None = attrs.field(default=None)
-    networks: tuple[NetworkAttachment, ...] = attrs.field(default=(), converter=_to_networks)
-    working_directory: str | None = attrs.field(default=None)
-    user: str | None = attrs.field(default=None)
-    labels: dict[str, str] = attrs.field(factory=dict, converter=_to_labels)
-    mounts: tuple[Mount, ...] = attrs.field(default=(), converter=_to_mounts)
-    host: str | None = attrs.field(default=None)
-    pull_policy: PullPolicy = attrs.field(default="if-not-present")
-    max_retries: int = attrs.field(default=0)
-    priority: int = attrs.field(default=0)
+    environment_template: str | None = attrs.field(kw_only=True, default=None)
+    networks: tuple[NetworkAttachment, ...] = attrs.field(
+        kw_only=True, default=(), converter=_to_networks
+    )
+    working_directory: str | None = attrs.field(kw_only=True, default=None)
+    user: str | None = attrs.field(kw_only=True, default=None)
+    labels: dict[str, str] = attrs.field(kw_only=True, factory=dict, converter=_to_labels)
+    mounts: tuple[Mount, ...] = attrs.field(kw_only=True, default=(), converter=_to_mounts)
+    host: str | None = attrs.field(kw_only=True, default=None)
+    pull_policy: PullPolicy = attrs.field(kw_only=True, default="if-not-present")
+    max_retries: int = attrs.field(kw_only=True, default=0)
+    priority: int = attrs.field(kw_only=True, default=0)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.image, str):
