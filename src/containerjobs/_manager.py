@@ -150,7 +150,7 @@ class JobManager:
         on_exit: ExitMode | None = None,
         health_interval: float = 30.0,
         poll_interval: float = 1.0,
-        lease_ttl: float = 30.0,
+        lease_ttl: float = 15.0,
         retry_delay: float = 1.0,
         max_log_bytes: int = 10 * 1024 * 1024,
         manager_id: str | None = None,

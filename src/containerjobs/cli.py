@@ -122,9 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--lease-ttl",
         type=float,
-        default=30.0,
+        default=15.0,
         metavar="SECONDS",
-        help="a worker silent this long is presumed dead (default: 30)",
+        help="a worker silent this long is presumed dead (default: 15)",
     )
     store_option(worker, required=True)
 
