@@ -601,9 +601,7 @@ class JobManager:
         return event
 
     def _publish(self, job: Job, previous: JobStatus | None) -> None:
-        event = self._watchers.pop(job.id, None)
-        if event is not None:
-            event.set()
+        self._forget_watcher(job.id)
         if previous == job.status:
             return
         record = JobEvent(job.id, job.status, previous, utcnow())
@@ -946,14 +944,11 @@ class JobManager:
         )
         try:
             if job.status is JobStatus.LAUNCHING:
-                try:
-                    job = await self._advance(
-                        job, JobStatus.RUNNING, container_id=container_id, started_at=utcnow()
-                    )
-                except _LostRace:
-                    # Only an adopter can have changed it (writes check the owner):
-                    # the container is the adopter's now, so it is left alone.
-                    raise
+                # A _LostRace here means an adopter changed it (writes check the
+                # owner): the container is the adopter's now, so it is left alone.
+                job = await self._advance(
+                    job, JobStatus.RUNNING, container_id=container_id, started_at=utcnow()
+                )
             log.info("job.running", adopted=adopt is not None)
             await self._watch_container(job, state, container_id, control, hub, output, log)
         finally:
