@@ -883,12 +883,11 @@ class JobManager:
         self._set_health(state, HostHealth(False, None, error, utcnow()))
 
     def _set_health(self, state: _HostState, health: HostHealth) -> None:
-        was = state.health.healthy
-        state.health = health
-        if health.healthy and not was:
+        before, state.health = state.health, health
+        if health.healthy and not before.healthy:
             self._log.info("host.healthy", host=state.host.name, response_time=health.response_time)
             self._wake.set()
-        elif not health.healthy and (was or state.health.error != health.error):
+        elif not health.healthy and (before.healthy or before.error != health.error):
             self._log.warning("host.unhealthy", host=state.host.name, error=health.error)
 
     # --- supervising one job -------------------------------------------------------
