@@ -20,7 +20,7 @@ import asyncio
 import json
 import math
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -207,9 +207,22 @@ class DockerExecutor:
             raise ExecutorError(f"executor for host {self.name!r} is not open")
         return self._docker
 
+    @asynccontextmanager
+    async def _response(self, path: str, **kwargs: Any) -> AsyncIterator[aiohttp.ClientResponse]:
+        # aiodocker's _query hands the response over and never releases it: a stream
+        # we stop reading (cancelled logs or stats, a broken pull) would hold its
+        # connection until the garbage collector complains. Release it on the way out:
+        # a connection whose reply was read whole goes back to the pool, any other is
+        # closed.
+        async with self._client._query(path, **kwargs) as response:
+            try:
+                yield response
+            finally:
+                response.release()
+
     async def ping(self) -> None:
         with _translate(self.name, "checking its health"):
-            async with self._client._query("_ping", versioned_api=False) as response:
+            async with self._response("_ping", versioned_api=False) as response:
                 await response.read()
             # Resolve the API version now rather than on the first job's hot path.
             await self._client._check_version()
@@ -359,7 +372,7 @@ class DockerExecutor:
         _log.info("image.pull", image=image, host=self.name, authenticated=auth is not None)
         try:
             with _translate(self.name, f"pulling {where}"):
-                async with self._client._query(
+                async with self._response(
                     "images/create",
                     method="POST",
                     params=params,
@@ -399,7 +412,7 @@ class DockerExecutor:
         # stamp can be a hair older than the one before it: never let time go back.
         latest = datetime.min.replace(tzinfo=UTC)
         with _translate(self.name, f"reading the logs of container {container_id[:12]}"):
-            async with self._client._query(
+            async with self._response(
                 f"containers/{container_id}/logs", params=params, timeout=_FOREVER
             ) as response:
                 content = response.content
@@ -430,7 +443,7 @@ class DockerExecutor:
 
     async def stats(self, container_id: str) -> AsyncIterator[ResourceSample]:
         with _translate(self.name, f"reading the stats of container {container_id[:12]}"):
-            async with self._client._query(
+            async with self._response(
                 f"containers/{container_id}/stats", params={"stream": "1"}, timeout=_FOREVER
             ) as response:
                 async for raw in response.content:
@@ -490,7 +503,7 @@ class DockerExecutor:
         self._killed.discard(container_id)
         try:
             with _translate(self.name, f"removing container {container_id[:12]}"):
-                async with self._client._query(
+                async with self._response(
                     f"containers/{container_id}",
                     method="DELETE",
                     params={"force": "1", "v": "1"},
