@@ -284,7 +284,7 @@ async def test_output_past_the_cap_keeps_head_and_tail(cluster: FakeCluster) -> 
     out = job.stdout.splitlines()
     assert out[:100] == [f"line {i:04d}" for i in range(100)]
     assert out[-100:] == [f"line {i:04d}" for i in range(900, 1000)]
-    assert out[100] == ("[containerjobs: 800 lines left out here: "
+    assert out[100] == ("[containerjobs: 8000 bytes left out here: "
                         "the stdout of this job passed 2000 bytes]")
     assert job.stderr == "small\n"
     assert [t for t in stored if t.startswith("line")] == out[:100] + out[-100:]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import time
 from collections import deque
-from datetime import datetime
 from typing import Literal
 
 import attrs
@@ -55,75 +54,158 @@ class End:
     failure: str | None = None  # the engine failed us: host gone, container gone
 
 
+def _size(text: str) -> int:
+    # str.isascii() is O(1) in CPython: most lines skip the encode.
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def _head(text: str, budget: int) -> str:
+    """The longest start of `text` whose UTF-8 takes at most `budget` bytes."""
+    if text.isascii():
+        return text[:budget]
+    # A character cut in two by the budget is left out whole ("ignore").
+    return text.encode()[:budget].decode("utf-8", "ignore")
+
+
+def _tail(text: str, budget: int) -> str:
+    """The longest end of `text` whose UTF-8 takes at most `budget` bytes."""
+    if budget <= 0:
+        return ""
+    if text.isascii():
+        return text[-budget:]
+    return text.encode()[-budget:].decode("utf-8", "ignore")
+
+
+@attrs.define
+class _Kept:
+    """One stream's output within its cap: a head kept as it came, then a tail of
+    the newest bytes, with the count of the bytes left out between them."""
+
+    head_room: int
+    tail_limit: int
+    parts: list[str] = attrs.Factory(list)
+    tail: deque[OutputLine] = attrs.Factory(deque)
+    tail_bytes: int = 0
+    dropped: int = 0
+    head_full: bool = False
+    cut: OutputLine | None = None  # the start of the line the head ends in
+    last_dropped: LogLine | None = None
+
+    def held(self, cap: int) -> list[OutputLine]:
+        """What is held back, in order: the start of the line the head ends in, a
+        marker when bytes fell out, the tail. Taken once, at the end."""
+        tail = list(self.tail)
+        self.tail.clear()
+        cut, self.cut = self.cut, None
+        if cut is not None and not self.dropped and tail:
+            # Nothing fell out: the line cut at the head's end is whole again.
+            rest = tail[0]
+            whole = cut.line.text + rest.line.text
+            tail[0] = OutputLine(attrs.evolve(cut.line, text=whole), rest.newline)
+            cut = None
+        items = [cut] if cut is not None else []
+        if self.dropped:
+            anchor = tail[0].line if tail else self.last_dropped
+            assert anchor is not None
+            text = (
+                f"[containerjobs: {self.dropped} bytes left out here: the "
+                f"{anchor.stream} of this job passed {cap} bytes]"
+            )
+            items.append(OutputLine(attrs.evolve(anchor, text=text)))
+        items += tail
+        for item in items:
+            self.parts.append(item.line.text + "\n" if item.newline else item.line.text)
+        if self.dropped and cut is not None:
+            # The marker stands on a line of its own, after the head's last piece.
+            self.parts.insert(len(self.parts) - len(tail) - 1, "\n")
+        return items
+
+    def add(self, item: OutputLine) -> LogLine | None:
+        text = item.line.text
+        size = _size(text) + item.newline
+        if not self.head_full:
+            if size <= self.head_room:
+                self.head_room -= size
+                self.parts.append(text + "\n" if item.newline else text)
+                return item.line
+            # The head ends inside this line: its start belongs to the head, the rest
+            # goes on to the tail. Both are held until the end, where they become one
+            # line again if nothing fell out between them.
+            self.head_full = True
+            start = _head(text, self.head_room)
+            self.head_room = 0
+            if start:
+                self.cut = OutputLine(attrs.evolve(item.line, text=start), newline=False)
+            rest = OutputLine(attrs.evolve(item.line, text=text[len(start) :]), item.newline)
+            self._add_to_tail(rest, size - _size(start))
+            return None
+        self._add_to_tail(item, size)
+        return None
+
+    def _add_to_tail(self, item: OutputLine, size: int) -> None:
+        self.tail.append(item)
+        self.tail_bytes += size
+        while self.tail_bytes > self.tail_limit:
+            oldest = self.tail[0]
+            oldest_size = _size(oldest.line.text) + oldest.newline
+            excess = self.tail_bytes - self.tail_limit
+            self.last_dropped = oldest.line
+            if oldest_size <= excess:
+                self.tail.popleft()
+                self.tail_bytes -= oldest_size
+                self.dropped += oldest_size
+                continue
+            # Cut inside the oldest line, keeping its end: a line of any length is
+            # held in at most the tail's worth of memory.
+            full = oldest.line.text + ("\n" if oldest.newline else "")
+            kept = _tail(full, oldest_size - excess)
+            cut = oldest_size - _size(kept)
+            self.tail_bytes -= cut
+            self.dropped += cut
+            if not kept:  # a wide character that did not fit
+                self.tail.popleft()
+                continue
+            text = kept[:-1] if oldest.newline else kept
+            self.tail[0] = OutputLine(attrs.evolve(oldest.line, text=text), oldest.newline)
+
+
 @attrs.define
 class Output:
     """A job's output as it is read: stdout and stderr rebuilt, within a size cap.
 
-    Past `cap` bytes in a stream, the first half is kept as it came and the last half
-    is held back, the oldest lines falling out; `finish` then gives a marker line
-    saying what was left out, and the tail.
+    Past `cap` bytes in a stream (UTF-8, newlines included), its first half is kept
+    as it came and its last half held back, the oldest bytes falling out, cutting
+    inside a line where need be; `finish` then gives a marker line saying how much
+    was left out, and the tail. Memory and the store hold at most about `cap` bytes
+    per stream, whatever the length of the lines.
     """
 
     cap: int
-    parts: dict[str, list[str]] = attrs.Factory(lambda: {"stdout": [], "stderr": []})
-    head_bytes: dict[str, int] = attrs.Factory(lambda: {"stdout": 0, "stderr": 0})
-    tail: dict[str, deque[OutputLine]] = attrs.Factory(
-        lambda: {"stdout": deque(), "stderr": deque()}
-    )
-    tail_bytes: dict[str, int] = attrs.Factory(lambda: {"stdout": 0, "stderr": 0})
-    dropped: dict[str, int] = attrs.Factory(lambda: {"stdout": 0, "stderr": 0})
-    complete: bool = False  # the stream ended by itself, not broken
+    streams: dict[str, _Kept] = attrs.field(init=False)
     lost: str | None = None  # why some output could not be read
-    last_ts: datetime | None = None
-    seen_at_last: int = 0  # lines seen with timestamp last_ts
 
-    def add(self, item: OutputLine) -> bool:
-        """Take a line; True when it is kept now, False when held in the tail."""
-        line = item.line
-        if line.timestamp == self.last_ts:
-            self.seen_at_last += 1
-        else:
-            self.last_ts, self.seen_at_last = line.timestamp, 1
-        stream = line.stream
-        size = len(line.text.encode()) + 1
-        if not self.tail[stream] and self.head_bytes[stream] + size <= self.cap // 2:
-            self.head_bytes[stream] += size
-            self.parts[stream].append(line.text + "\n" if item.newline else line.text)
-            return True
-        self.tail[stream].append(item)
-        self.tail_bytes[stream] += size
-        while self.tail_bytes[stream] > self.cap // 2 and len(self.tail[stream]) > 1:
-            old = self.tail[stream].popleft()
-            self.tail_bytes[stream] -= len(old.line.text.encode()) + 1
-            self.dropped[stream] += 1
-        return False
+    def __attrs_post_init__(self) -> None:
+        half = self.cap // 2
+        self.streams = {name: _Kept(half, self.cap - half) for name in ("stdout", "stderr")}
+
+    def add(self, item: OutputLine) -> LogLine | None:
+        """Take a line; return what of it to store now (None when it is held back
+        in the tail, or falls out)."""
+        return self.streams[item.line.stream].add(item)
 
     @property
     def truncated(self) -> bool:
-        return any(self.dropped.values())
+        return any(kept.dropped for kept in self.streams.values())
 
     def finish(self) -> list[LogLine]:
-        """The lines held back: per stream a marker (when lines fell out), then its
+        """The lines held back: per stream a marker (when bytes fell out) and its
         tail; both streams in time order."""
-        lines: list[OutputLine] = []
-        for stream, tail in self.tail.items():
-            if self.dropped[stream]:
-                marker = (
-                    f"[containerjobs: {self.dropped[stream]} lines left out here: the "
-                    f"{stream} of this job passed {self.cap} bytes]"
-                )
-                first = tail[0].line
-                lines.append(OutputLine(LogLine(first.stream, marker, first.timestamp)))
-            lines.extend(tail)
-            tail.clear()
+        lines = [item for kept in self.streams.values() for item in kept.held(self.cap)]
         lines.sort(key=lambda item: item.line.timestamp)
-        for item in lines:
-            text = item.line.text
-            self.parts[item.line.stream].append(text + "\n" if item.newline else text)
         return [item.line for item in lines]
 
     def text(self, stream: str) -> str:
-        return "".join(self.parts[stream])
+        return "".join(self.streams[stream].parts)
 
 
 def outcome(job: Job, end: End, output: Output, cancel_reason: str) -> tuple[JobStatus, str | None]:

@@ -30,6 +30,7 @@ class LogHub:
         self.buffer: list[StoredLine] = []  # seq flushed, flushed + 1, ...
         self.closed = False
         self._changed = anyio.Event()
+        self._full = anyio.Event()
         self._lock = anyio.Lock()
         self._store = store
 
@@ -39,11 +40,14 @@ class LogHub:
 
     def add(self, line: LogLine) -> None:
         self.buffer.append(StoredLine(self.next_seq, line))
+        if len(self.buffer) >= _FLUSH_LINES:
+            self._full.set()
         self._notify()
 
-    @property
-    def wants_flush(self) -> bool:
-        return len(self.buffer) >= _FLUSH_LINES
+    async def due(self, interval: float) -> None:
+        """Return after `interval` seconds, or sooner when enough lines wait."""
+        with anyio.move_on_after(interval):
+            await self._full.wait()
 
     async def flush(self) -> None:
         # One flush at a time: two would write the same batch and mark it twice.
@@ -54,6 +58,8 @@ class LogHub:
             await self._store(self.job_id, batch)
             del self.buffer[: len(batch)]
             self.flushed += len(batch)
+            if len(self.buffer) < _FLUSH_LINES and self._full.is_set():
+                self._full = anyio.Event()
 
     def close(self) -> None:
         self.closed = True

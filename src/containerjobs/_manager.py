@@ -48,6 +48,8 @@ from ._policy import SecurityPolicy
 from .executors._base import (
     LABEL_STORE,
     Executor,
+    LineSink,
+    LogReader,
     OutputLine,
     PullResult,
 )
@@ -59,7 +61,9 @@ ExitMode = Literal["cancel", "wait", "detach"]
 ExecutorFactory = Callable[[DockerHost, str, SecurityPolicy], Executor]
 
 _LOG_FLUSH_INTERVAL = 0.25
-_LOG_DRAIN_GRACE = 30.0  # after exit, how long the log stream may take to end
+# After the exit, how long the follow stream may take to end by itself before it is
+# cut short (a final read gets whatever it had not delivered).
+_LOG_DRAIN_GRACE = 5.0
 _KILL_GRACE = 30.0
 _RECHECK = 2.0  # seconds between health checks of a host that is down
 _MAX_RETRY_DELAY = 60.0
@@ -97,6 +101,27 @@ class _Control:
         if not self.cancel.is_set():
             self.reason = reason
             self.cancel.set()
+
+
+@attrs.define
+class _OutputRun:
+    """Where one run's output lines go: the capped output, and the hub that stores
+    them, after the lines an earlier manager stored already (when adopted)."""
+
+    output: Output
+    hub: LogHub
+    skip: int = 0
+
+    def take(self, item: OutputLine) -> None:
+        kept = self.output.add(item)
+        if kept is not None:
+            self.store(kept)
+
+    def store(self, line: LogLine) -> None:
+        if self.skip:
+            self.skip -= 1
+        else:
+            self.hub.add(line)
 
 
 class _LostRace(Exception):
@@ -934,13 +959,12 @@ class JobManager:
         else:
             container_id = adopt
         log = log.bind(container_id=container_id[:12])
-        output = Output(self._max_log_bytes)
-        if adopt is not None:
-            # Go on from the lines already stored, so none is lost or doubled.
-            await self._restore_output(job, output)
-        hub = self._hubs[job.id] = LogHub(
-            job.id, await self.storage.log_count(job.id), self.storage.append_logs
-        )
+        stored = await self.storage.log_count(job.id)
+        hub = self._hubs[job.id] = LogHub(job.id, stored, self.storage.append_logs)
+        # An adopted job's output is read again from its start, cut into lines the
+        # same way as the first time: the lines already stored are skipped, so none
+        # is lost or doubled.
+        run = _OutputRun(Output(self._max_log_bytes), hub, skip=stored - job.output_start)
         try:
             if job.status is JobStatus.LAUNCHING:
                 # A _LostRace here means an adopter changed it (writes check the
@@ -949,7 +973,7 @@ class JobManager:
                     job, JobStatus.RUNNING, container_id=container_id, started_at=utcnow()
                 )
             log.info("job.running", adopted=adopt is not None)
-            await self._watch_container(job, state, container_id, control, hub, output, log)
+            await self._watch_container(job, state, container_id, control, run, log)
         finally:
             with anyio.CancelScope(shield=True), suppress(ContainerJobsError):
                 # A detached job's next manager goes on from what is stored.
@@ -981,48 +1005,48 @@ class JobManager:
         )
         return None
 
-    async def _restore_output(self, job: Job, output: Output) -> None:
-        after = job.output_start - 1
-        while batch := await self.storage.read_logs(job.id, after=after, limit=5000):
-            for stored in batch:
-                output.add(OutputLine(stored.line))
-            after = batch[-1].seq
-
     async def _watch_container(
         self,
         job: Job,
         state: _HostState,
         container_id: str,
         control: _Control,
-        hub: LogHub,
-        output: Output,
+        run: _OutputRun,
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
         executor = state.executor
+        output, hub = run.output, run.hub
+        reader = executor.logs(container_id)
         usage = Usage()
         exited = anyio.Event()
         async with anyio.create_task_group() as tg:
             pump_done = anyio.Event()
-            tg.start_soon(
-                self._pump_logs, executor, container_id, hub, output, exited, pump_done, log
-            )
+            tg.start_soon(self._pump_logs, reader, run.take, exited, pump_done, log)
             tg.start_soon(self._sample_stats, executor, container_id, usage, log)
             tg.start_soon(self._flush_periodically, hub, log)
             end = await self._await_end(job, executor, container_id, control, log)
             if end.exit is not None:
                 exited.set()
-            # The log stream ends when the container stops; give it time to drain.
-            with anyio.move_on_after(_LOG_DRAIN_GRACE if end.failure is None else 1.0):
-                await pump_done.wait()
+                # The follow stream ends when the container stops; what it has not
+                # delivered by then, the read below gets.
+                with anyio.move_on_after(_LOG_DRAIN_GRACE):
+                    await pump_done.wait()
             tg.cancel_scope.cancel()
-        if end.failure is None and not output.complete:
-            # The stream broke or ended before the container stopped: read what it
-            # missed (nothing is doubled: the read starts where the stream got to).
-            await self._catch_up_logs(executor, container_id, hub, output, log)
+        if end.exit is not None:
+            # A follow stream can end cleanly before the container's last lines (the
+            # engine closes it as the container stops): with the exit confirmed, read
+            # once more from where it got to. Only then is the output known whole.
+            try:
+                await reader.read(run.take, follow=False)
+            except ContainerJobsError as exc:
+                output.lost = str(exc)
+                log.error("logs.incomplete", error=str(exc))
+        for item in reader.finish():
+            run.take(item)
         if end.failure is not None:
             await self._check_host(state)  # the host may be gone: stop placing jobs there
         for line in output.finish():
-            hub.add(line)
+            run.store(line)
         with anyio.CancelScope(shield=True):
             try:
                 await self._persist(hub.flush, log)
@@ -1109,68 +1133,28 @@ class JobManager:
 
     async def _pump_logs(
         self,
-        executor: Executor,
-        container_id: str,
-        hub: LogHub,
-        output: Output,
+        reader: LogReader,
+        take: LineSink,
         exited: anyio.Event,
         done: anyio.Event,
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
-        # The stream normally ends because the container stopped; if the container
-        # has not stopped soon after, the stream ended early: follow it again from
-        # where it got to.
+        # Lines as they are printed. The stream normally ends because the container
+        # stopped; if it has not stopped soon after, the stream ended early: follow
+        # again from where it got to.
         try:
             while True:
-                clean = True
                 try:
-                    await self._read_logs(executor, container_id, hub, output, follow=True)
+                    await reader.read(take, follow=True)
                 except ContainerJobsError as exc:
-                    clean = False
                     log.warning("logs.stream_broken", error=str(exc))
                 with anyio.move_on_after(_EARLY_END_GRACE):
                     await exited.wait()
                 if exited.is_set():
-                    # A clean end means the container stopped and its output was all
-                    # delivered (the Executor contract); a broken one leaves the rest
-                    # to the catch-up read.
-                    output.complete = clean
                     return
                 log.info("logs.stream_reopened")
         finally:
             done.set()
-
-    async def _catch_up_logs(
-        self,
-        executor: Executor,
-        container_id: str,
-        hub: LogHub,
-        output: Output,
-        log: structlog.typing.FilteringBoundLogger,
-    ) -> None:
-        try:
-            await self._read_logs(executor, container_id, hub, output, follow=False)
-        except ContainerJobsError as exc:
-            output.lost = str(exc)
-            log.error("logs.incomplete", error=str(exc))
-
-    @staticmethod
-    async def _read_logs(
-        executor: Executor, container_id: str, hub: LogHub, output: Output, *, follow: bool
-    ) -> None:
-        # Read from the last timestamp seen, skipping the lines at that instant we
-        # already have: the engine replays them in the same order.
-        since, skip = output.last_ts, output.seen_at_last
-        async for item in executor.logs(container_id, since=since, follow=follow):
-            if skip and item.line.timestamp == since:
-                skip -= 1
-                continue
-            if output.add(item):
-                hub.add(item.line)
-                if hub.wants_flush:
-                    # Best effort: unflushed lines stay buffered for the next flush.
-                    with suppress(ContainerJobsError):
-                        await hub.flush()
 
     async def _sample_stats(
         self,
@@ -1189,12 +1173,13 @@ class JobManager:
     async def _flush_periodically(hub: LogHub, log: structlog.typing.FilteringBoundLogger) -> None:
         # Lines reach the store within a fraction of a second, for readers elsewhere.
         while True:
-            await anyio.sleep(_LOG_FLUSH_INTERVAL)
+            await hub.due(_LOG_FLUSH_INTERVAL)
             try:
                 await hub.flush()
             except ContainerJobsError as exc:
                 # The lines stay buffered; the next flush writes them (it is idempotent).
                 log.warning("logs.flush_failed", error=str(exc))
+                await anyio.sleep(_LOG_FLUSH_INTERVAL)
 
     @staticmethod
     async def _persist(

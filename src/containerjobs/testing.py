@@ -33,6 +33,7 @@ from .executors._base import (
     LABEL_STORE,
     ContainerInfo,
     ExitStatus,
+    LineSink,
     OutputLine,
     PullResult,
     ResourceSample,
@@ -83,6 +84,28 @@ def _lines(stream: Stream, text: str, now: datetime) -> list[OutputLine]:
     if parts[-1]:
         out.append(OutputLine(LogLine(stream, parts[-1], now), newline=False))
     return out
+
+
+class _FakeLogReader:
+    def __init__(self, executor: FakeExecutor, container_id: str) -> None:
+        self._executor = executor
+        self._container_id = container_id
+        self._next = 0
+
+    async def read(self, sink: LineSink, *, follow: bool) -> None:
+        container = self._executor._get(self._container_id)
+        self._deliver(container, sink)
+        if follow:
+            await container.exited.wait()
+            self._deliver(container, sink)
+
+    def _deliver(self, container: _Container, sink: LineSink) -> None:
+        while self._next < len(container.lines):
+            self._next += 1
+            sink(container.lines[self._next - 1])
+
+    def finish(self) -> list[OutputLine]:
+        return []
 
 
 class FakeExecutor:
@@ -158,15 +181,8 @@ class FakeExecutor:
         except KeyError:
             raise ExecutorError(f"no container {container_id} on host {self.name!r}") from None
 
-    async def logs(
-        self, container_id: str, *, since: datetime | None = None, follow: bool = True
-    ) -> AsyncIterator[OutputLine]:
-        container = self._get(container_id)
-        for line in container.lines:
-            if since is None or line.line.timestamp >= since:
-                yield line
-        if follow:
-            await container.exited.wait()
+    def logs(self, container_id: str) -> _FakeLogReader:
+        return _FakeLogReader(self, container_id)
 
     async def stats(self, container_id: str) -> AsyncIterator[ResourceSample]:
         container = self._get(container_id)

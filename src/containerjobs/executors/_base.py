@@ -11,7 +11,7 @@ Every container an executor creates carries the labels `LABEL_JOB_ID` and
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -29,12 +29,47 @@ LABEL_STORE = "containerjobs.store"
 class OutputLine:
     """A line of output as the engine delivered it.
 
-    `newline` is False only for a last line that did not end in a newline, so that
-    the job's stdout and stderr can be rebuilt byte for byte (after decoding).
+    `newline` is False for a line that did not end in a newline: the last one, or a
+    piece of a line too long to hold whole (the next piece of the same stream goes
+    on with it). So the job's stdout and stderr can be rebuilt exactly (after
+    decoding) by joining texts, each followed by a newline when it had one.
     """
 
     line: LogLine
     newline: bool = True
+
+
+LineSink = Callable[[OutputLine], None]
+
+
+@runtime_checkable
+class LogReader(Protocol):
+    """One container's output, read in as many passes as it takes.
+
+    A reader remembers how far it got: each `read` delivers only what earlier reads
+    did not, so a stream that broke or ended early is simply read again. A line not
+    ended yet is held back (its next part may still come) until a later read ends
+    it or `finish` gives it.
+    """
+
+    async def read(self, sink: LineSink, *, follow: bool) -> None:
+        """Hand every line not delivered yet to `sink`, both streams in the order
+        written.
+
+        Without `follow`, return at the end of what the container has written so far.
+        With `follow`, go on as it writes, and return when the engine ends the stream:
+        normally because the container stopped, but an engine may end a stream early,
+        so the caller confirms the exit with `Executor.wait` and then reads once more
+        without `follow`. Raises when the stream breaks; reading again goes on from
+        the last line delivered, with nothing lost or doubled. `sink` is called
+        synchronously, never twice for one line.
+        """
+        ...
+
+    def finish(self) -> list[OutputLine]:
+        """The line held back, when the output ended without a newline (after the
+        last read, once the container has stopped)."""
+        ...
 
 
 @attrs.frozen
@@ -129,17 +164,13 @@ class Executor(Protocol):
         """
         ...
 
-    def logs(
-        self, container_id: str, *, since: datetime | None = None, follow: bool = True
-    ) -> AsyncIterator[OutputLine]:
-        """The container's output, both streams in the order written, from `since`
-        (inclusive) or the start.
+    def logs(self, container_id: str) -> LogReader:
+        """A reader of the container's output from its very start.
 
-        With `follow`, the iterator ends without error only when the container has
-        stopped and all its output was delivered (Docker's json-file reader drains the
-        log before it ends the stream); a stream that breaks raises, and the caller
-        reads again from where it got to. Callers still confirm the exit with `wait`,
-        and follow again if it does not come."""
+        Reading from the start is what makes resuming exact: a manager that adopts a
+        running job reads its output again and skips the lines already stored, so
+        lines are cut (long ones into pieces) the same way both times.
+        """
         ...
 
     def stats(self, container_id: str) -> AsyncIterator[ResourceSample]:

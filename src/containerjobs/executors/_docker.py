@@ -4,9 +4,12 @@ Engine dictionaries live here and nowhere else. Lessons from peers' bug trackers
 shape this module:
 
 - No AutoRemove: the container would vanish before its logs and exit status are read.
-- Output comes from the logs endpoint with ``timestamps=1``, parsed frame by frame:
-  aiodocker's ``log()`` drops the stream byte, and the json-file log keeps everything
-  a fast container printed before we asked, which an attach after start would lose.
+- Output comes from the logs endpoint with ``timestamps=1``, parsed frame by frame
+  (see `_docker_logs`): aiodocker's ``log()`` drops the stream byte, and the
+  json-file log keeps everything a fast container printed before we asked, which an
+  attach after start would lose. A follow stream can end before the last frames
+  (seen with fast containers and long unterminated lines), so the manager reads
+  once more after the exit, from where the follow got to.
 - ``wait`` is only called after ``start`` (a created container "is not running" yet).
 - Resource use comes from the streamed stats; a one-shot read takes 1-2 s.
 - A pull reports failure inside an HTTP 200 stream: every message is checked.
@@ -16,12 +19,11 @@ shape this module:
 
 from __future__ import annotations
 
-import asyncio
 import json
-import math
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import aiodocker
@@ -34,7 +36,7 @@ from aiodocker.utils import compose_auth_header
 from .._errors import ContainerJobsError, ExecutorError, HostUnavailable, ImageNotFound
 from .._hosts import DockerHost, TLSConfig
 from .._images import parse_image
-from .._models import Job, LogLine, Stream
+from .._models import Job
 from .._policy import SecurityPolicy
 from ._base import (
     LABEL_ATTEMPT,
@@ -43,14 +45,13 @@ from ._base import (
     LABEL_STORE,
     ContainerInfo,
     ExitStatus,
-    OutputLine,
     PullResult,
     ResourceSample,
 )
+from ._docker_logs import DockerLogReader
 
 _log = structlog.get_logger("containerjobs.docker")
 
-_STREAMS: dict[int, Stream] = {1: "stdout", 2: "stderr"}
 # Long-lived streams must not time out; control calls get a bound.
 _FOREVER = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
 _CONTROL = aiohttp.ClientTimeout(total=60, sock_connect=10)
@@ -75,50 +76,6 @@ def _parse_time(text: str) -> datetime | None:
     main, _, fraction = text.partition(".")
     fraction = (fraction + "000000")[:6]
     return datetime.fromisoformat(f"{main}.{fraction}{offset}").astimezone(UTC)
-
-
-def _docker_since(when: datetime) -> str:
-    # The logs endpoint takes a UNIX time with a fractional part, inclusive.
-    seconds = when.timestamp()
-    whole = math.floor(seconds)
-    return f"{whole}.{round((seconds - whole) * 1e6):06d}000"
-
-
-class _StreamDecoder:
-    """Turns log frames of one stream into whole lines.
-
-    The engine sends a frame per log message; a message longer than the log driver's
-    buffer arrives as several partial frames, each with its own timestamp, and only
-    the last ends with a newline. Bytes are joined before decoding, so a character
-    split across frames is not mangled; undecodable bytes are replaced, never dropped.
-    """
-
-    def __init__(self, stream: Stream) -> None:
-        self.stream = stream
-        self._pending = bytearray()
-        self._first_ts: datetime | None = None
-
-    def feed(self, payload: bytes, ts: datetime) -> Iterator[OutputLine]:
-        if self._first_ts is None:
-            self._first_ts = ts
-        self._pending += payload
-        while (end := self._pending.find(b"\n")) >= 0:
-            raw = bytes(self._pending[:end])
-            del self._pending[: end + 1]
-            yield self._emit(raw, newline=True)
-            self._first_ts = ts if self._pending else None
-
-    def flush(self) -> Iterator[OutputLine]:
-        if self._pending:
-            raw = bytes(self._pending)
-            self._pending.clear()
-            yield self._emit(raw, newline=False)
-        self._first_ts = None
-
-    def _emit(self, raw: bytes, *, newline: bool) -> OutputLine:
-        assert self._first_ts is not None
-        text = raw.decode("utf-8", errors="replace")
-        return OutputLine(LogLine(self.stream, text, self._first_ts), newline=newline)
 
 
 @contextmanager
@@ -399,47 +356,18 @@ class DockerExecutor:
 
     # --- running ------------------------------------------------------------------
 
-    async def logs(
-        self, container_id: str, *, since: datetime | None = None, follow: bool = True
-    ) -> AsyncIterator[OutputLine]:
-        params = {"stdout": "1", "stderr": "1", "timestamps": "1", "follow": "1" if follow else "0"}
-        if since is not None:
-            params["since"] = _docker_since(since)
-        decoders = {kind: _StreamDecoder(stream) for kind, stream in _STREAMS.items()}
-        # A frame cut in half is an error, never a short line: the caller reads again.
-        cut = f"the log stream of container {container_id[:12]} was cut mid-frame"
-        # The daemon stamps each stream as it reads its pipe, so across streams a
-        # stamp can be a hair older than the one before it: never let time go back.
-        latest = datetime.min.replace(tzinfo=UTC)
+    def logs(self, container_id: str) -> DockerLogReader:
+        return DockerLogReader(container_id, partial(self._log_stream, container_id))
+
+    @asynccontextmanager
+    async def _log_stream(
+        self, container_id: str, params: dict[str, str]
+    ) -> AsyncIterator[aiohttp.StreamReader]:
         with _translate(self.name, f"reading the logs of container {container_id[:12]}"):
             async with self._response(
                 f"containers/{container_id}/logs", params=params, timeout=_FOREVER
             ) as response:
-                content = response.content
-                while True:
-                    # Multiplexed frames: 1 byte stream, 3 zero bytes, 4 bytes size.
-                    try:
-                        header = await content.readexactly(8)
-                    except asyncio.IncompleteReadError as exc:
-                        if not exc.partial:
-                            break  # the stream ended between frames: a clean end
-                        raise ExecutorError(cut) from exc
-                    try:
-                        payload = await content.readexactly(int.from_bytes(header[4:], "big"))
-                    except asyncio.IncompleteReadError as exc:
-                        raise ExecutorError(cut) from exc
-                    decoder = decoders.get(header[0])
-                    if decoder is None:
-                        continue
-                    # With timestamps=1 every frame starts with "<RFC 3339 time> ".
-                    stamp, _, body = payload.partition(b" ")
-                    ts = _parse_time(stamp.decode("ascii", "replace")) or datetime.now(UTC)
-                    latest = ts = max(ts, latest)
-                    for line in decoder.feed(body, ts):
-                        yield line
-        for decoder in decoders.values():
-            for line in decoder.flush():
-                yield line
+                yield response.content
 
     async def stats(self, container_id: str) -> AsyncIterator[ResourceSample]:
         with _translate(self.name, f"reading the stats of container {container_id[:12]}"):
