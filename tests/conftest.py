@@ -56,6 +56,11 @@ class Bed:
         if done.returncode != 0:
             raise AssertionError(f"scripts/testbed {command} failed: {done.stderr}")
 
+    @staticmethod
+    def docker2_pid() -> int:
+        """The second daemon's process id (to freeze it with SIGSTOP)."""
+        return int(Path("/run/containerjobs-testbed/docker2.pid").read_text().strip())
+
     def labelled_containers(self, socket: str = LOCAL_SOCKET) -> list[str]:
         out = self.docker("ps", "-aq", "--filter", "label=containerjobs.job_id", socket=socket)
         return out.split()

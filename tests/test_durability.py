@@ -14,6 +14,7 @@ import pytest
 from anyio.streams.text import TextReceiveStream
 
 import containerjobs as cj
+from containerjobs import _manager
 from tests.conftest import LOCAL_SOCKET, REPO, Bed, until_status
 
 pytestmark = pytest.mark.docker
@@ -171,6 +172,35 @@ async def test_losing_the_daemon(testbed: Bed, tmp_path: Path) -> None:
         back = await manager.wait(queued.id, timeout=60)
         assert back.status is cj.JobStatus.COMPLETED and back.stdout == "back\n"
         # The container the stopped daemon killed is cleaned up once it answers again.
+        await manager.reconcile()
+    assert not testbed.labelled_containers(testbed.docker2_socket)
+
+
+async def test_a_kill_the_frozen_daemon_never_confirms_is_not_recorded_as_one(
+    testbed: Bed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_manager, "_KILL_GRACE", 3.0)
+    remote = cj.DockerHost("remote", testbed.tls_url,
+                           tls=cj.TLSConfig.from_cert_path(testbed.cert_dir))
+    async with cj.JobManager(hosts=[remote]) as manager:
+        job = await manager.submit(
+            cj.JobSpec(image=testbed.image, command="echo up; sleep 60", timeout_seconds=3)
+        )
+        await until_status(manager, job.id, cj.JobStatus.RUNNING)
+        pid = testbed.docker2_pid()
+        os.kill(pid, signal.SIGSTOP)  # the daemon stops answering; its containers run on
+        try:
+            done = await manager.wait(job.id, timeout=60)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert done.status is cj.JobStatus.FAILED
+        assert done.error is not None
+        assert "timed out after 3 s, but killing its container on host 'remote' was not " \
+            "confirmed" in done.error
+        assert "was killed" not in done.error and done.exit_code is None
+        # The container stayed on the daemon, labelled, for reconciliation to remove.
+        assert testbed.labelled_containers(testbed.docker2_socket)
+        assert (await manager.health())["remote"].healthy
         await manager.reconcile()
     assert not testbed.labelled_containers(testbed.docker2_socket)
 

@@ -399,3 +399,33 @@ async def test_a_short_store_outage_loses_neither_job_nor_output(cluster: FakeCl
     assert done.status is cj.JobStatus.COMPLETED and done.stdout == "one\ntwo\n"
     assert lines == ["one", "two"]
     assert cluster.executors["a"].containers == {}
+
+
+async def test_a_job_whose_launch_times_out_does_not_take_an_answering_host_down(
+    cluster: FakeCluster, manager: cj.JobManager
+) -> None:
+    # A create that timed out on a huge request says nothing of the host: it still
+    # answers its health check, and the next job runs there.
+    cluster.behaviour = lambda job: FakeRun(
+        launch_error=cj.HostUnavailable("host 'a' is unreachable while creating: timed out")
+        if job.spec.name == "huge"
+        else None,
+        stdout="fine\n",
+    )
+    failed = await manager.run(cj.JobSpec(image="example/image:1", name="huge"))
+    assert failed.status is cj.JobStatus.FAILED and "timed out" in (failed.error or "")
+    assert (await manager.summary())["hosts"]["a"]["healthy"]
+    assert (await manager.run(SPEC)).stdout == "fine\n"
+
+
+async def test_a_host_that_stops_answering_during_a_launch_is_taken_down(
+    cluster: FakeCluster, manager: cj.JobManager
+) -> None:
+    def behaviour(job: cj.Job) -> FakeRun:
+        cluster.executors["a"].healthy = False
+        return FakeRun(launch_error=cj.HostUnavailable("host 'a' is unreachable"))
+
+    cluster.behaviour = behaviour
+    job = await manager.run(SPEC)
+    assert job.status is cj.JobStatus.FAILED
+    assert not (await manager.summary())["hosts"]["a"]["healthy"]

@@ -222,14 +222,32 @@ def outcome(job: Job, end: End, output: Output, cancel_reason: str) -> tuple[Job
 
 
 def _status_of(job: Job, end: End, cancel_reason: str) -> tuple[JobStatus, str | None]:
+    if end.failure is not None:
+        # What is known, and no more: a kill that was sent but never confirmed is
+        # not a kill, and the output read so far may not be all of it.
+        if end.reason is None:
+            return JobStatus.FAILED, (
+                f"lost the container on host {job.host!r}: {end.failure}; "
+                "its output may be incomplete"
+            )
+        why = (
+            f"timed out after {job.spec.timeout_seconds:g} s"
+            if end.reason == "timeout"
+            else cancel_reason
+        )
+        return JobStatus.FAILED, (
+            f"{why}, but killing its container on host {job.host!r} was not confirmed: "
+            f"{end.failure}; its output may be incomplete, and the container is removed "
+            "once the host answers again"
+        )
     if end.reason == "timeout":
         return JobStatus.TIMEOUT, (
             f"timed out after {job.spec.timeout_seconds:g} s; the container was killed"
         )
     if end.reason == "cancel":
         return JobStatus.CANCELLED, cancel_reason
-    if end.failure is not None or end.exit is None:
-        return JobStatus.FAILED, f"lost the container on host {job.host!r}: {end.failure}"
+    if end.exit is None:
+        return JobStatus.FAILED, f"lost the container on host {job.host!r}"
     if end.exit.oom_killed:
         return JobStatus.FAILED, (
             f"memory limit of {job.spec.memory_limit_mb} MB exceeded: "

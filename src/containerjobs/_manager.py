@@ -998,7 +998,9 @@ class JobManager:
             failure = exc
         log.warning("job.launch_failed", error=str(failure))
         if isinstance(failure, HostUnavailable):
-            self._mark_down(state, str(failure))
+            # Ask the host itself: a job's own failure (a create that timed out on a
+            # huge request) must not take a host that answers out of service.
+            await self._check_host(state)
         # A missing image stays missing; anything else may pass on a retry.
         await self._finish_or_retry(
             job, JobStatus.FAILED, str(failure), retryable=not isinstance(failure, ImageNotFound)
@@ -1043,8 +1045,13 @@ class JobManager:
                 log.error("logs.incomplete", error=str(exc))
         for item in reader.finish():
             run.take(item)
+        removable = True
         if end.failure is not None:
             await self._check_host(state)  # the host may be gone: stop placing jobs there
+            # A host that does not answer would hold the removal (and the job's end)
+            # for a minute: the container stays, labelled, and reconciliation removes
+            # it once the host answers again.
+            removable = state.health.healthy
         for line in output.finish():
             run.store(line)
         with anyio.CancelScope(shield=True):
@@ -1053,8 +1060,11 @@ class JobManager:
             except ContainerJobsError as exc:
                 output.lost = output.lost or f"storing the output failed: {exc}"
             try:
-                await executor.remove(container_id)
-                log.info("container.removed")
+                if not removable:
+                    log.warning("container.left_for_reconciliation")
+                else:
+                    await executor.remove(container_id)
+                    log.info("container.removed")
             except ContainerJobsError as exc:
                 log.warning("container.remove_failed", error=str(exc))
             status, error = outcome(job, end, output, control.reason)

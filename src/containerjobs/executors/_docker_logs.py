@@ -5,12 +5,11 @@ message: a whole line, or a piece of a long one (the driver cuts lines at 16 KiB
 the unterminated end of the output. Each frame carries its stream and the daemon's
 nanosecond timestamp.
 
-Resuming is exact because the log is one file read in order: the reader counts the
-frames it consumed and asks again with ``since`` set to the stamp of the last one,
-skipping the frames of the reply it already has. The stamps of two streams can be a
-hair out of order (each stream is stamped as its pipe is read), so the frames
-consumed at or after that stamp are counted from a short window of recent stamps,
-not assumed to be one.
+Resuming is exact because the log is one file read in order: the reader keeps the
+stamps of the frames it read lately and asks again with ``since`` a little before
+the newest, skipping the frames of the reply it already has. Stamps can be a hair
+out of order (each stream is stamped as its pipe is read, before the write), hence
+the margin.
 """
 
 from __future__ import annotations
@@ -85,21 +84,25 @@ def since_param(ns: int) -> str:
 
 
 class _Position:
-    """How far the reading got, as ``since`` plus frames to skip can say it."""
+    """How far the reading got, as ``since`` plus frames to skip can say it.
+
+    A frame not read yet may be stamped a little earlier than the newest one read,
+    so a resume asks from the newest stamp minus `_SKEW_NS`, and skips the frames
+    read already that the reply repeats: those stamped at or after that point,
+    which come first in it, since the log is read in order.
+    """
 
     def __init__(self) -> None:
-        self._stamps: list[int] = []  # consumed stamps, sorted, from index _start on
+        self._stamps: list[int] = []  # stamps read, sorted, from index _start on
         self._start = 0
-        self._last: int | None = None
 
     def add(self, ns: int) -> None:
-        self._last = ns
         stamps = self._stamps
         if not stamps or ns >= stamps[-1]:
             stamps.append(ns)
         else:
             bisect.insort(stamps, ns, lo=self._start)
-        # Stamps far behind the newest can never be at or after a later resume point.
+        # Stamps this far behind the newest are before any resume point from now on.
         horizon = stamps[-1] - _SKEW_NS
         while stamps[self._start] < horizon:
             self._start += 1
@@ -109,10 +112,9 @@ class _Position:
 
     def resume(self) -> tuple[int, int] | None:
         """``(since, skip)``: ask from `since`; the first `skip` frames are had."""
-        if self._last is None:
+        if not self._stamps:
             return None
-        had = len(self._stamps) - bisect.bisect_left(self._stamps, self._last, lo=self._start)
-        return self._last, had
+        return max(0, self._stamps[-1] - _SKEW_NS), len(self._stamps) - self._start
 
 
 class _LineDecoder:
