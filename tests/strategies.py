@@ -248,3 +248,40 @@ wild_spec_kwargs = st.fixed_dictionaries(
         "host": _anything,
     },
 )
+
+
+# --- user specs, spelled every way Docker reads them -------------------------------
+
+__all__ += ["id_spellings", "user_names", "zero_spellings"]
+
+
+def _docker_number(text: str) -> bool:
+    # Go's Atoi: one optional sign, then ASCII digits only.
+    body = text[1:] if text[:1] in ("+", "-") else text
+    return body != "" and all("0" <= c <= "9" for c in body)
+
+
+def zero_spellings() -> st.SearchStrategy[str]:
+    """Every spelling of 0 that Docker (Go's strconv.Atoi) accepts: "0", "00", "+0", "-000"..."""
+    return st.builds(
+        "{}{}".format, st.sampled_from(["", "+", "-"]), st.integers(1, 30).map("0".__mul__)
+    )
+
+
+def id_spellings() -> st.SearchStrategy[str]:
+    """A non-zero uid or gid, maybe with a '+' and leading zeros, as Docker accepts it."""
+    return st.builds(
+        "{}{}{}".format,
+        st.sampled_from(["", "+"]),
+        st.integers(0, 5).map("0".__mul__),
+        st.integers(1, 2**31 - 1),
+    )
+
+
+def user_names() -> st.SearchStrategy[str]:
+    """User or group names: printable, no space or ':', not a number, not "root"."""
+    return st.text(
+        st.characters(categories=["L", "N", "P", "S"], exclude_characters=":"),
+        min_size=1,
+        max_size=12,
+    ).filter(lambda s: s != "root" and not _docker_number(s))

@@ -13,6 +13,7 @@ import structlog
 from ._errors import InvalidJobSpec, PolicyViolation
 from ._images import canonical_registry, parse_image
 from ._models import JobSpec, Mount
+from ._users import UserSpecError, parse_user_spec
 
 _log = structlog.get_logger("containerjobs.policy")
 
@@ -29,7 +30,6 @@ FORBIDDEN_MOUNT_SOURCES: tuple[str, ...] = (
     "/var/run",
     "/run",
 )
-_ROOT_USERS = frozenset({"0", "root"})
 
 
 def _within(path: str, folder: str) -> bool:
@@ -47,6 +47,11 @@ class SecurityPolicy:
     Limits a spec leaves `None` take the defaults; a spec asking more than a maximum
     is refused with `PolicyViolation`. The hardening settings apply to every
     container the manager starts.
+
+    Without `allow_root`, a user or group of 0 or root is refused in every spelling
+    Docker reads ("00", "+0", "0:0", "65534:root"); a user name, or a uid without a
+    group, is resolved against the image's own /etc/passwd and /etc/group when the
+    job launches, and refused there if it is root.
     """
 
     max_memory_mb: int = 2048
@@ -73,6 +78,15 @@ class SecurityPolicy:
         ):
             if not 0 < low <= high:
                 raise ValueError(f"SecurityPolicy: default {what} must be in (0, maximum]")
+        try:
+            default_user = parse_user_spec(self.default_user)
+        except UserSpecError as exc:
+            raise ValueError(f"SecurityPolicy: default_user={self.default_user!r}: {exc}") from None
+        if not self.allow_root and (reason := default_user.root_reason()):
+            raise ValueError(
+                f"SecurityPolicy: default_user={self.default_user!r}: {reason}, and "
+                "allow_root is False"
+            )
 
     def apply(self, spec: JobSpec, template: Mapping[str, str] | None = None) -> JobSpec:
         """The effective spec: defaults filled in, the template's environment under the
@@ -95,8 +109,7 @@ class SecurityPolicy:
             "s",
         )
         user = spec.user if spec.user is not None else self.default_user
-        if not self.allow_root and user.split(":", 1)[0].strip() in _ROOT_USERS:
-            self._refuse("user", user, "the policy does not allow root (allow_root=False)")
+        self._check_user(user)
         for network in spec.networks:
             if network.name == "host" or network.name.startswith("container:"):
                 self._refuse(
@@ -123,6 +136,19 @@ class SecurityPolicy:
         if value > maximum:
             self._refuse(field, value, f"the policy's maximum is {maximum:g} {unit}")
         return value
+
+    def _check_user(self, user: str) -> None:
+        # Numbers are compared as Docker reads them ("00", "+0" and "-0" are all 0).
+        # Names other than root can only be resolved in the image: the executor
+        # does that before it starts the container.
+        try:
+            parsed = parse_user_spec(user)
+        except UserSpecError as exc:
+            raise InvalidJobSpec(f"user={user!r} cannot be used: {exc}") from None
+        if not self.allow_root and (reason := parsed.root_reason()):
+            self._refuse(
+                "user", user, f"{reason}, and the policy does not allow root (allow_root=False)"
+            )
 
     def _check_registry(self, image: str) -> None:
         if self.allowed_registries is None:

@@ -19,7 +19,10 @@ shape this module:
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import tarfile
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
@@ -33,7 +36,15 @@ import structlog
 from aiodocker.exceptions import DockerError
 from aiodocker.utils import compose_auth_header
 
-from .._errors import ContainerJobsError, ExecutorError, HostUnavailable, ImageNotFound
+from .. import _users
+from .._errors import (
+    ContainerJobsError,
+    ExecutorError,
+    HostUnavailable,
+    ImageNotFound,
+    InvalidJobSpec,
+    PolicyViolation,
+)
 from .._hosts import DockerHost, TLSConfig
 from .._images import parse_image
 from .._models import Job
@@ -251,11 +262,14 @@ class DockerExecutor:
         config = self._container_config(job)
         config["Labels"].update(labels or {})
         name = f"cj-{job.id}-{job.attempts}"
+        user = self._user_to_resolve(job)
         if job.spec.pull_policy == "always":
             await self._pull_or_raise(job.spec.image)
         container_id: str | None = None
         try:
             container_id = await self._create(job, config, name)
+            if user is not None:
+                await self._refuse_root_in_image(job, container_id, user)
             for net in job.spec.networks[1:]:
                 with _translate(self.name, f"connecting job {job.id} to network {net.name!r}"):
                     await self._client._query_json(
@@ -470,3 +484,123 @@ class DockerExecutor:
             )
             for item in found
         ]
+
+    # --- the user a job runs as -----------------------------------------------------
+
+    def _user_to_resolve(self, job: Job) -> _users.UserSpec | None:
+        """The job's user when root is not allowed and only the image can say who it
+        is; None when it needs no look-up. Refuses a user that is root on its face."""
+        spec = job.spec
+        if self._policy.allow_root or spec.user is None:
+            return None
+        # The submitting manager checked this too, under its own policy; the one that
+        # launches applies its own, whoever wrote the store.
+        try:
+            user = _users.parse_user_spec(spec.user)
+        except _users.UserSpecError as exc:
+            raise InvalidJobSpec(f"user={spec.user!r} cannot be used: {exc}") from None
+        if reason := user.root_reason():
+            raise PolicyViolation(
+                f"user={spec.user!r} refused: {reason}, and the policy does not allow root "
+                "(allow_root=False)"
+            )
+        if user.numeric:
+            return None  # "uid:gid" runs as written: no call to the daemon
+        if spec.mounts:
+            # Docker resolves the user in the image's own files, beneath the mounts,
+            # while the archive endpoint reads through them (a mount on /etc, or on a
+            # folder a symlink leads to, would show us other files than Docker reads).
+            raise PolicyViolation(
+                f"user={spec.user!r} refused: a job with mounts must give a numeric "
+                "user:group (such as '65534:65534') when the policy does not allow root, "
+                "as the user's name cannot be checked beneath the mounts"
+            )
+        return user
+
+    async def _refuse_root_in_image(
+        self, job: Job, container_id: str, user: _users.UserSpec
+    ) -> None:
+        """Resolve `user` in the created container's /etc/passwd and /etc/group as
+        Docker will at start, and refuse it if it is root (launch then removes the
+        container)."""
+        spec = job.spec
+        what = f"user={spec.user!r} on image {spec.image!r}"
+        passwd = await self._read_user_file(container_id, "/etc/passwd", what)
+        group = await self._read_user_file(container_id, "/etc/group", what)
+        try:
+            resolved = _users.resolve_not_root(user, passwd, group)
+        except _users.RunsAsRoot as exc:
+            raise PolicyViolation(
+                f"{what} refused, as the policy does not allow root (allow_root=False): {exc}"
+            ) from None
+        except _users.UnknownUser as exc:
+            raise InvalidJobSpec(
+                f"{what} cannot run: {exc}; give a numeric user:group, or a user the image has"
+            ) from None
+        _log.debug(
+            "job.user_resolved",
+            job_id=job.id,
+            host=self.name,
+            uid=resolved.uid,
+            gid=resolved.gid,
+            groups=list(resolved.supplementary),
+        )
+
+    async def _read_user_file(self, container_id: str, path: str, what: str) -> bytes | None:
+        """The bytes of `path` in the container, symlinks followed as Docker follows
+        them; None when it is absent or not a regular file (Docker then reads none)."""
+        for _ in range(_MAX_SYMLINKS):
+            with _translate(self.name, f"reading {path} in container {container_id[:12]}"):
+                try:
+                    async with self._response(
+                        f"containers/{container_id}/archive", params={"path": path}
+                    ) as response:
+                        # The daemon's stat of the path: Go's FileMode, the size, and for a
+                        # symlink its target, resolved inside the container.
+                        stat = json.loads(
+                            base64.b64decode(response.headers.get(_PATH_STAT_HEADER) or "e30=")
+                        )
+                        mode = int(stat.get("mode") or 0)
+                        if mode & _GO_MODE_SYMLINK and stat.get("linkTarget"):
+                            path = str(stat["linkTarget"])
+                            continue
+                        if mode & _GO_MODE_TYPE:
+                            return None
+                        if int(stat.get("size") or 0) > _MAX_USER_FILE_BYTES:
+                            raise PolicyViolation(
+                                f"{what} refused: the image's {path} is larger than "
+                                f"{_MAX_USER_FILE_BYTES} bytes, too large to check; give a "
+                                "numeric user:group"
+                            )
+                        archive = await response.read()
+                except DockerError as exc:
+                    # 404 for a missing file; a missing container is an error.
+                    if exc.status != 404 or "no such container" in exc.message.lower():
+                        raise
+                    return None
+            return _single_file(archive)
+        raise PolicyViolation(
+            f"{what} refused: the image's {path} is a chain of symlinks too long to follow; "
+            "give a numeric user:group"
+        )
+
+
+# The files Docker reads a user's name and groups from, as runc's GetExecUser does.
+_MAX_USER_FILE_BYTES = 1024 * 1024
+_MAX_SYMLINKS = 4  # the daemon resolves a link's target whole: one hop is the rule
+_PATH_STAT_HEADER = "X-Docker-Container-Path-Stat"
+# Go's os.FileMode type bits: dir, symlink, device, named pipe, socket, char device,
+# irregular. A regular file has none.
+_GO_MODE_SYMLINK = 1 << 27
+_GO_MODE_TYPE = (1 << 31) | (1 << 27) | (1 << 26) | (1 << 25) | (1 << 24) | (1 << 21) | (1 << 19)
+
+
+def _single_file(archive: bytes) -> bytes | None:
+    # The archive endpoint answers with a tar of the one file asked for.
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            member = tar.next()
+            content = tar.extractfile(member) if member is not None and member.isfile() else None
+            return content.read() if content is not None else None
+    except tarfile.TarError as exc:
+        raise ExecutorError(f"the daemon sent an unreadable archive: {exc}") from exc
