@@ -392,3 +392,75 @@ def test_the_cli_reports_a_user_the_image_makes_root(
     )
     assert done.returncode == 125 and done.stdout == ""
     assert "makes 'toor' uid 0 (root)" in done.stderr
+
+
+# --- limits Docker or Linux would only refuse at start -------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"default_memory_mb": 5}, {"max_retries": -1}, {"max_environment_bytes": 0}]
+)
+def test_a_policy_with_inconsistent_limits_is_refused(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="SecurityPolicy"):
+        cj.SecurityPolicy(**kwargs)
+
+
+def test_memory_below_dockers_minimum_is_refused_at_submit() -> None:
+    with pytest.raises(cj.InvalidJobSpec, match=r"memory_limit_mb=5 .*minimum of 6 MB"):
+        cj.SecurityPolicy().apply(cj.JobSpec("alpine", memory_limit_mb=5))
+    assert cj.SecurityPolicy().apply(cj.JobSpec("alpine", memory_limit_mb=6)).memory_limit_mb == 6
+
+
+@pytest.mark.docker
+async def test_the_smallest_memory_docker_allows_runs(manager: cj.JobManager, image: str) -> None:
+    with pytest.raises(cj.InvalidJobSpec, match="memory_limit_mb"):
+        await manager.submit(cj.JobSpec(image, ["true"], memory_limit_mb=5))
+    done = await manager.run(cj.JobSpec(image, ["true"], memory_limit_mb=6), timeout=60)
+    assert done.status is cj.JobStatus.COMPLETED, done.error
+    assert len(await manager.list_jobs()) == 1
+
+
+def test_retries_are_bounded_by_the_policy() -> None:
+    with pytest.raises(cj.PolicyViolation, match=r"^max_retries=10{30} refused: .* maximum is 10$"):
+        cj.SecurityPolicy().apply(cj.JobSpec("alpine", max_retries=10**30))
+    assert cj.SecurityPolicy().apply(cj.JobSpec("alpine", max_retries=10)).max_retries == 10
+    loose = cj.SecurityPolicy(max_retries=100)
+    assert loose.apply(cj.JobSpec("alpine", max_retries=50)).max_retries == 50
+
+
+def test_one_variable_above_linuxs_limit_is_refused_without_its_value() -> None:
+    policy = cj.SecurityPolicy()
+    # "K=" + value + NUL: 131072 bytes is the most exec takes.
+    fits = "v" * (131072 - 3)
+    assert policy.apply(cj.JobSpec("alpine", environment={"K": fits})).environment["K"] == fits
+    secret = "s3cret" + "v" * (131072 - 8)
+    with pytest.raises(cj.PolicyViolation) as refused:
+        policy.apply(cj.JobSpec("alpine", environment={"K": secret}))
+    message = str(refused.value)
+    assert message.startswith("environment['K'] refused: it takes 131073 bytes")
+    assert "MAX_ARG_STRLEN" in message and "s3cret" not in message
+
+
+def test_the_environment_is_bounded_with_the_template_merged_in() -> None:
+    policy = cj.SecurityPolicy(max_environment_bytes=1000)
+    template = {"FROM_TEMPLATE": "t-secret" * 70}
+    with pytest.raises(cj.PolicyViolation) as refused:
+        policy.apply(
+            cj.JobSpec("alpine", environment={"OWN": "o-secret" * 70}), template=template
+        )
+    message = str(refused.value)
+    # 13 + 1 + 560 + 1 for the template's variable, 3 + 1 + 560 + 1 for the spec's.
+    assert message.startswith("environment refused: its 2 variables take 1140 bytes")
+    assert "max_environment_bytes=1000" in message
+    assert "'FROM_TEMPLATE'" in message and "'OWN'" in message
+    assert "secret" not in message
+    policy.apply(cj.JobSpec("alpine", environment={"OWN": "x" * 900}))
+
+
+def test_a_thirty_megabyte_environment_is_refused_at_submit() -> None:
+    policy = cj.SecurityPolicy()
+    with pytest.raises(cj.PolicyViolation, match=r"^environment\['BLOB'\] refused"):
+        policy.apply(cj.JobSpec("alpine", environment={"BLOB": "x" * 30_000_000}))
+    many = {f"VAR{i}": "x" * 100_000 for i in range(11)}
+    with pytest.raises(cj.PolicyViolation, match=r"^environment refused: its 11 variables"):
+        policy.apply(cj.JobSpec("alpine", environment=many))

@@ -30,6 +30,11 @@ FORBIDDEN_MOUNT_SOURCES: tuple[str, ...] = (
     "/var/run",
     "/run",
 )
+# Docker refuses a smaller memory limit ("Minimum memory limit allowed is 6MB").
+ENGINE_MIN_MEMORY_MB = 6
+# Linux's limit on one argument or environment string, its NUL included: exec fails
+# with E2BIG above it.
+MAX_ARG_STRLEN = 131072
 
 
 def _within(path: str, folder: str) -> bool:
@@ -60,6 +65,8 @@ class SecurityPolicy:
     default_cpu: float = 1.0
     max_timeout_seconds: float = 3600.0
     default_timeout_seconds: float = 3600.0
+    max_retries: int = 10
+    max_environment_bytes: int = 1024 * 1024
     default_user: str = "65534:65534"
     allow_root: bool = False
     read_only_root: bool = True
@@ -78,6 +85,15 @@ class SecurityPolicy:
         ):
             if not 0 < low <= high:
                 raise ValueError(f"SecurityPolicy: default {what} must be in (0, maximum]")
+        if self.default_memory_mb < ENGINE_MIN_MEMORY_MB:
+            raise ValueError(
+                f"SecurityPolicy: default memory must be at least Docker's minimum of "
+                f"{ENGINE_MIN_MEMORY_MB} MB"
+            )
+        if self.max_retries < 0 or self.max_environment_bytes <= 0:
+            raise ValueError(
+                "SecurityPolicy: max_retries must be >= 0 and max_environment_bytes > 0"
+            )
         try:
             default_user = parse_user_spec(self.default_user)
         except UserSpecError as exc:
@@ -108,6 +124,15 @@ class SecurityPolicy:
             self.max_timeout_seconds,
             "s",
         )
+        if memory < ENGINE_MIN_MEMORY_MB:
+            raise InvalidJobSpec(
+                f"memory_limit_mb={spec.memory_limit_mb!r} is below Docker's minimum of "
+                f"{ENGINE_MIN_MEMORY_MB} MB"
+            )
+        if spec.max_retries > self.max_retries:
+            self._refuse(
+                "max_retries", spec.max_retries, f"the policy's maximum is {self.max_retries}"
+            )
         user = spec.user if spec.user is not None else self.default_user
         self._check_user(user)
         for network in spec.networks:
@@ -116,8 +141,9 @@ class SecurityPolicy:
                     "networks", network.name, "host and shared network modes are never allowed"
                 )
         self._check_registry(spec.image)
-        mounts = tuple(self._check_mount(mount) for mount in spec.mounts)
         environment = {**(template or {}), **spec.environment}
+        self._check_environment(environment)
+        mounts = tuple(self._check_mount(mount) for mount in spec.mounts)
         return attrs.evolve(
             spec,
             memory_limit_mb=int(memory),
@@ -148,6 +174,35 @@ class SecurityPolicy:
         if not self.allow_root and (reason := parsed.root_reason()):
             self._refuse(
                 "user", user, f"{reason}, and the policy does not allow root (allow_root=False)"
+            )
+
+    def _check_environment(self, environment: Mapping[str, str]) -> None:
+        # What the job's exec receives: "KEY=VALUE" and a NUL per variable. Messages
+        # name keys and sizes, never a value: it may be a secret.
+        sizes = {
+            key: len(f"{key}={value}".encode("utf-8", "surrogatepass")) + 1
+            for key, value in environment.items()
+        }
+        for key, size in sizes.items():
+            if size > MAX_ARG_STRLEN:
+                self._refuse(
+                    f"environment[{key!r}]",
+                    size,
+                    f"it takes {size} bytes as KEY=VALUE with its NUL, above Linux's limit "
+                    f"of {MAX_ARG_STRLEN} for one variable (MAX_ARG_STRLEN); pass large data "
+                    "in a mounted file",
+                    shown=False,
+                )
+        total = sum(sizes.values())
+        if total > self.max_environment_bytes:
+            largest = sorted(sizes, key=sizes.__getitem__, reverse=True)[:3]
+            self._refuse(
+                "environment",
+                total,
+                f"its {len(sizes)} variables take {total} bytes as KEY=VALUE with a NUL "
+                f"each, above the policy's max_environment_bytes={self.max_environment_bytes}; "
+                "the largest: " + ", ".join(f"{key!r} ({sizes[key]} bytes)" for key in largest),
+                shown=False,
             )
 
     def _check_registry(self, image: str) -> None:
@@ -195,6 +250,9 @@ class SecurityPolicy:
         return attrs.evolve(mount, source=source)
 
     @staticmethod
-    def _refuse(field: str, value: object, why: str) -> NoReturn:
+    def _refuse(field: str, value: object, why: str, *, shown: bool = True) -> NoReturn:
+        # shown=False keeps the value out of the message (`why` says what matters).
         _log.warning("security.refused", field=field, value=value, reason=why)
-        raise PolicyViolation(f"{field}={value!r} refused: {why}")
+        raise PolicyViolation(
+            f"{field}={value!r} refused: {why}" if shown else f"{field} refused: {why}"
+        )
