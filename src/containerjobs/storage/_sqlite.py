@@ -107,6 +107,36 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # short enough that a stuck lock surfaces as an error rather than a hang.
 _BUSY_TIMEOUT_SECONDS = 10.0
 _OPEN_ATTEMPTS = 6
+# How long open() waits for another process to give a file with no schema one. Such a
+# process creates the file (0 bytes) when it connects and migrates it a few
+# milliseconds later; a file that stays without a schema for this long is not being born.
+_BIRTH_GRACE_SECONDS = 2.0
+_BIRTH_POLL_SECONDS = 0.1
+
+# What open() reads to prove the store usable: a row of each table, and a path down
+# the indexes a manager reads through most (a job by id, the queue, the newest jobs).
+# Cheap on a file of any size, unlike an integrity check, which reads all of it; it
+# catches a file whose tables were damaged or dropped, which would otherwise open and
+# then fail every read. The columns are named so that a table changed by hand fails
+# here too.
+_HEALTH_READS = (
+    (
+        "table jobs",
+        "SELECT id, status, host, owner, priority, created_at, completed_at, record"
+        " FROM jobs LIMIT 1",
+    ),
+    ("a job by its id", "SELECT record FROM jobs WHERE id = ''"),
+    (
+        "the queue of pending jobs",
+        f"SELECT record FROM jobs WHERE status = '{JobStatus.PENDING.value}'"
+        " ORDER BY priority DESC, created_at, id LIMIT 1",
+    ),
+    ("the newest jobs", "SELECT record FROM jobs ORDER BY created_at DESC, id DESC LIMIT 1"),
+    ("table logs", "SELECT job_id, seq, stream, ts, text FROM logs LIMIT 1"),
+    ("table templates", "SELECT name, text, description FROM templates LIMIT 1"),
+    ("table managers", "SELECT manager_id, expires_at, renewed_at, info FROM managers LIMIT 1"),
+    ("table meta", "SELECT key, value FROM meta LIMIT 1"),
+)
 
 # Status literals written into SQL: they are our own enum values, never user input.
 _ACTIVE_SQL = "(" + ", ".join(f"'{s.value}'" for s in JobStatus if s.is_active) + ")"
@@ -179,12 +209,56 @@ class SQLiteStorage:
         try:
             yield
         except _DRIVER_ERRORS as exc:
-            hint = ""
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-                hint = " (another connection holds the lock)"
+            hint = self._hint(exc) if isinstance(exc, sqlite3.Error) else ""
             raise StorageError(
                 f"SQLite store {self._path!r}: {action} failed: {exc}{hint}"
             ) from exc
+
+    def _hint(self, exc: sqlite3.Error) -> str:
+        # SQLite's messages say what went wrong, not what to do about it.
+        path = self._path
+        message = str(exc)
+        # Absent on the few errors the sqlite3 module raises itself.
+        code: int | None = getattr(exc, "sqlite_errorcode", None)
+        primary = None if code is None else code & 0xFF
+        if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in message:
+            return " (another connection holds the lock)"
+        if primary == sqlite3.SQLITE_FULL:
+            return (
+                " (the disk holding the store is full: free some space on it; what was"
+                " stored before is intact, and the store works again once there is room)"
+            )
+        if code == sqlite3.SQLITE_READONLY_DIRECTORY:
+            folder = os.path.dirname(os.path.abspath(path))
+            return (
+                f" (its folder {folder!r} is read-only, and SQLite must create the store's"
+                " -wal and -shm files beside it: give this process write access to the folder)"
+            )
+        if primary in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM):
+            return (
+                " (this process may read the store but not write it: give it write access"
+                " to the file, its folder, and its -wal and -shm files if they exist)"
+            )
+        if primary == sqlite3.SQLITE_CANTOPEN:
+            return (
+                " (check that this process may read and write the file and its folder,"
+                " and that the path is not a folder)"
+            )
+        if primary == sqlite3.SQLITE_NOTADB:
+            return (
+                " (the file is not a SQLite database, so not a containerjobs store: give"
+                " the path of a store, or move this file away to start a new store there)"
+            )
+        if primary == sqlite3.SQLITE_CORRUPT:
+            return (
+                " (the file is damaged: restore it from a backup, or recover what is left"
+                f" with `sqlite3 {path} .recover`)"
+            )
+        if primary == sqlite3.SQLITE_IOERR:
+            return " (an I/O error: check the disk holding the store, and that it has room)"
+        if "no such table" in message or "no such column" in message:
+            return " (its tables were changed outside containerjobs: restore it from a backup)"
+        return ""
 
     @contextlib.asynccontextmanager
     async def _connection(self, action: str) -> AsyncIterator[aiosqlite.Connection]:
@@ -207,13 +281,7 @@ class SQLiteStorage:
         async with self._lock:
             if self._db is not None:
                 return
-            if self._path != ":memory:":
-                folder = await anyio.Path(self._path).absolute()
-                if not await folder.parent.is_dir():
-                    raise StorageError(
-                        f"cannot open SQLite store {self._path!r}: its folder "
-                        f"{str(folder.parent)!r} does not exist; create it first"
-                    )
+            existed = await self._check_path()
             async with self._translate("opening"):
                 # isolation_level=None: no implicit transactions from the sqlite3
                 # module; we say BEGIN where we mean it. timeout is the busy timeout.
@@ -222,16 +290,41 @@ class SQLiteStorage:
                 )
             try:
                 async with self._translate("opening"):
-                    store_id = await self._prepare(db)
+                    await self._prepare(db, existed=existed)
+                await self._check_health(db)
+                async with self._translate("reading the store id"):
+                    store_id = await self._read_store_id(db)
             except BaseException:
                 await _close_quietly(db)
                 raise
             self._db = db
             self._store_id = store_id
 
-    async def _prepare(self, db: aiosqlite.Connection) -> str:
+    async def _check_path(self) -> bool:
+        # Whether the file exists already; raises when the path cannot hold a store.
+        if self._path == ":memory:":
+            return False
+        path = anyio.Path(self._path)
+        folder = (await path.absolute()).parent
+        if not await folder.is_dir():
+            raise StorageError(
+                f"cannot open SQLite store {self._path!r}: its folder "
+                f"{str(folder)!r} does not exist; create it first"
+            )
+        if await path.is_dir():
+            raise StorageError(
+                f"cannot open SQLite store {self._path!r}: it is a folder, not a file; "
+                f"give the path of a file, such as {os.path.join(self._path, 'jobs.db')!r}"
+            )
+        return await path.exists()
+
+    async def _prepare(self, db: aiosqlite.Connection, *, existed: bool) -> None:
         for attempt in range(_OPEN_ATTEMPTS):
             try:
+                if existed:
+                    # Before anything below writes to the file: even switching it to
+                    # WAL gives an empty file a header.
+                    await self._await_schema(db)
                 # WAL: readers never block the writer nor it them, which matters
                 # when several managers poll one file. NORMAL is durable in WAL
                 # except for the last commits on power loss, never corrupt.
@@ -239,7 +332,7 @@ class SQLiteStorage:
                 await db.execute("PRAGMA synchronous = NORMAL")
                 await db.execute("PRAGMA foreign_keys = ON")
                 await self._migrate(db)
-                return await self._read_store_id(db)
+                return
             except sqlite3.OperationalError as exc:
                 # Processes opening a new file together can meet in a lock order that
                 # SQLite resolves by failing one at once instead of waiting (switching
@@ -247,7 +340,30 @@ class SQLiteStorage:
                 if "locked" not in str(exc) or attempt == _OPEN_ATTEMPTS - 1:
                     raise
                 await anyio.sleep(0.05 * 2**attempt)
-        raise AssertionError("unreachable")
+
+    async def _await_schema(self, db: aiosqlite.Connection) -> None:
+        # A file that was there before we connected, with no schema, is either being
+        # born (another process created it by connecting, and is about to migrate it)
+        # or empty for good: truncated, or made by hand. Migrating the latter would
+        # silently start a new store in place of a lost one. So give a creator a
+        # moment, reading under the write lock, where a migration in progress is
+        # waited for rather than missed; then refuse.
+        deadline = anyio.current_time() + _BIRTH_GRACE_SECONDS
+        while True:
+            # Rolled back, not committed: a write transaction committed on a 0-byte
+            # file gives it a header, and a file we refuse must stay as it was.
+            async with _rolled_back(db):
+                if await _user_version(db) or await _table_names(db):
+                    return  # a schema; whose, _migrate checks
+            if anyio.current_time() >= deadline:
+                break
+            await anyio.sleep(_BIRTH_POLL_SECONDS)
+        size = (await anyio.Path(self._path).stat()).st_size
+        what = "is empty (0 bytes)" if size == 0 else "is a SQLite database with no tables"
+        raise StorageError(
+            f"SQLite store {self._path!r} {what}, not a containerjobs store: delete it to "
+            "start a new store, or restore it from a backup"
+        )
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         version = await _user_version(db)
@@ -264,10 +380,32 @@ class SQLiteStorage:
                 # new file may have run this migration while we waited for it.
                 if await _user_version(db) >= target:
                     continue
+                if target == 1:
+                    # Our first migration sets the version with the tables, so tables
+                    # without a version are another program's.
+                    tables = await _table_names(db)
+                    if tables:
+                        raise StorageError(
+                            f"SQLite store {self._path!r} is a SQLite database of another "
+                            f"program (tables {', '.join(tables)}), not a containerjobs "
+                            "store: give the path of a store, or of a file that does not "
+                            "exist yet"
+                        )
                 for statement in statements:
                     await db.execute(statement)
                 # PRAGMA takes no parameters; target is our own int.
                 await db.execute(f"PRAGMA user_version = {int(target)}")
+
+    async def _check_health(self, db: aiosqlite.Connection) -> None:
+        for what, sql in _HEALTH_READS:
+            async with self._translate(f"reading {what} on opening"):
+                await db.execute_fetchall(sql)
+        # A file this process may only read opens without complaint (SQLite falls
+        # back to read-only) and then fails every write: find out now, with a write
+        # that is rolled back. It dirties a page in memory only, so it passes on a
+        # full disk, where the store can still be read.
+        async with self._translate("trying a write on opening"), _rolled_back(db):
+            await db.execute("UPDATE meta SET value = value WHERE key = 'store_id'")
 
     async def _read_store_id(self, db: aiosqlite.Connection) -> str:
         rows = list(await db.execute_fetchall("SELECT value FROM meta WHERE key = 'store_id'"))
@@ -598,9 +736,28 @@ async def _begin(db: aiosqlite.Connection) -> AsyncIterator[None]:
         raise
 
 
+@contextlib.asynccontextmanager
+async def _rolled_back(db: aiosqlite.Connection) -> AsyncIterator[None]:
+    # A transaction that holds the write lock and leaves nothing behind. BEGIN is
+    # inside the try, and ROLLBACK shielded, for the same reasons as in _begin.
+    try:
+        await db.execute("BEGIN IMMEDIATE")
+        yield
+    finally:
+        with anyio.CancelScope(shield=True), contextlib.suppress(sqlite3.Error):
+            await db.execute("ROLLBACK")
+
+
 async def _user_version(db: aiosqlite.Connection) -> int:
     rows = list(await db.execute_fetchall("PRAGMA user_version"))
     return int(rows[0][0])
+
+
+async def _table_names(db: aiosqlite.Connection) -> builtins.list[str]:
+    rows = await db.execute_fetchall(
+        "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+    )
+    return [str(row[0]) for row in rows]
 
 
 async def _next_seq(db: aiosqlite.Connection, job_id: str) -> int:
