@@ -112,6 +112,27 @@ def test_templates_round_trip(variables: dict[str, str]) -> None:
     assert parse_environment(text) == variables
 
 
+def test_template_repr_shows_names_only() -> None:
+    template = cj.EnvironmentTemplate(
+        "prod", "TOKEN=hunter2\n# OLD_TOKEN=hunter1\nURL=https://x", description="keys"
+    )
+    assert repr(template) == str(template) == (
+        "EnvironmentTemplate(name='prod', variables={'TOKEN': '***', 'URL': '***'}, "
+        "description='keys')"
+    )
+
+
+@given(
+    st.lists(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,20}", fullmatch=True), unique=True),
+    st.text(st.characters(categories=["L", "N"]), max_size=10),
+)
+def test_no_template_repr_shows_a_value(keys: list[str], tail: str) -> None:
+    text = "\n".join(f"{key}=v4lue-{tail}" for key in keys)
+    shown = repr(cj.EnvironmentTemplate("t", text + "\n# OLD=v4lue-old"))
+    assert "v4lue-" not in shown
+    assert all(f"{key!r}: '***'" in shown for key in keys)
+
+
 @given(st.text())
 def test_template_parser_never_crashes(text: str) -> None:
     try:

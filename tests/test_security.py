@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import containerjobs as cj
+from containerjobs import cli
 from containerjobs._users import parse_user_spec, resolve
 from containerjobs.testing import FakeCluster
 from tests.conftest import Bed
@@ -464,3 +465,30 @@ def test_a_thirty_megabyte_environment_is_refused_at_submit() -> None:
     many = {f"VAR{i}": "x" * 100_000 for i in range(11)}
     with pytest.raises(cj.PolicyViolation, match=r"^environment refused: its 11 variables"):
         policy.apply(cj.JobSpec("alpine", environment=many))
+
+
+# --- secrets in templates and in the CLI's errors ------------------------------------
+
+
+async def test_templates_show_variable_names_but_no_values(client: cj.JobManager) -> None:
+    text = "API_TOKEN=tok-7e2d-secret\n# OLD_TOKEN=tok-0000-secret\nREGION=eu\n"
+    await client.save_template(cj.EnvironmentTemplate("prod", text, description="prod keys"))
+    for shown in (
+        repr(await client.get_template("prod")),
+        str(await client.get_template("prod")),
+        repr(await client.list_templates()),
+    ):
+        assert "secret" not in shown and "'eu'" not in shown
+        assert "'API_TOKEN': '***'" in shown and "'REGION': '***'" in shown
+        assert "name='prod'" in shown and "description='prod keys'" in shown
+
+
+@pytest.mark.parametrize("argument", ["tok-7e2d-secret", "=tok-7e2d-secret"])
+def test_a_mistyped_env_option_does_not_echo_the_value(
+    argument: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["run", "-e", argument, "alpine", "true"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "expected KEY=VALUE" in err and "secret" not in err

@@ -421,9 +421,12 @@ class JobEvent:
     at: datetime
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class EnvironmentTemplate:
-    """A named set of ``KEY=VALUE`` lines that jobs can take their environment from."""
+    """A named set of ``KEY=VALUE`` lines that jobs can take their environment from.
+
+    Its `repr()` shows the variables' names, never their values.
+    """
 
     name: str = attrs.field()
     text: str = attrs.field()
@@ -445,6 +448,14 @@ class EnvironmentTemplate:
     def variables(self) -> dict[str, str]:
         """The parsed variables."""
         return parse_environment(self.text)
+
+    def __repr__(self) -> str:
+        # Like a spec's environment: names only. Not the text either, whose comments
+        # may hold a value too.
+        return (
+            f"EnvironmentTemplate(name={self.name!r}, "
+            f"variables={_mask_environment(self.variables)}, description={self.description!r})"
+        )
 
 
 @attrs.frozen

@@ -36,8 +36,11 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a writer killed by i
 
 def _key_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    # Never echo the argument: whoever forgot the key may have typed a secret.
+    if not sep:
+        raise argparse.ArgumentTypeError("expected KEY=VALUE; the argument has no '='")
+    if not key:
+        raise argparse.ArgumentTypeError("expected KEY=VALUE; the argument has no KEY before '='")
     return key, value
 
 
