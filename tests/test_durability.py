@@ -14,7 +14,7 @@ import pytest
 from anyio.streams.text import TextReceiveStream
 
 import containerjobs as cj
-from containerjobs import _manager
+from containerjobs import _run
 from tests.conftest import LOCAL_SOCKET, REPO, Bed, until_status
 
 pytestmark = pytest.mark.docker
@@ -179,7 +179,7 @@ async def test_losing_the_daemon(testbed: Bed, tmp_path: Path) -> None:
 async def test_a_kill_the_frozen_daemon_never_confirms_is_not_recorded_as_one(
     testbed: Bed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_manager, "_KILL_GRACE", 3.0)
+    monkeypatch.setattr(_run, "_KILL_GRACE", 3.0)
     remote = cj.DockerHost("remote", testbed.tls_url,
                            tls=cj.TLSConfig.from_cert_path(testbed.cert_dir))
     async with cj.JobManager(hosts=[remote]) as manager:

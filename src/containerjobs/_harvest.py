@@ -133,6 +133,9 @@ class _Kept:
             # line again if nothing fell out between them.
             self.head_full = True
             start = _head(text, self.head_room)
+            # What the head could not take (a wide character at its end) goes to the
+            # tail: head and tail together always hold the whole cap.
+            self.tail_limit += self.head_room - _size(start)
             self.head_room = 0
             if start:
                 self.cut = OutputLine(attrs.evolve(item.line, text=start), newline=False)

@@ -211,12 +211,13 @@ class FakeExecutor:
     async def find(self, *, job_id: str | None = None) -> list[ContainerInfo]:
         return [
             ContainerInfo(
-                cid,
-                c.job.id,
-                self._manager_id,
-                c.labels.get(LABEL_STORE),
-                "running" if c.status is None else "exited",
-                c.job.attempts,
+                container_id=cid,
+                job_id=c.job.id,
+                manager_id=self._manager_id,
+                store_id=c.labels.get(LABEL_STORE),
+                started=True,
+                running=c.status is None,
+                attempt=c.job.attempts,
             )
             for cid, c in self.containers.items()
             if job_id is None or c.job.id == job_id

@@ -1,0 +1,37 @@
+"""Executors: how the manager speaks to a container engine.
+
+`Executor` is the protocol an engine implements; `DockerExecutor` is the one that
+ships. The value types are what an executor hands back. An executor of your own
+plugs in with ``JobManager(executor_factory=...)``, and
+`containerjobs.testing.ExecutorContract` checks it behaves as the manager expects.
+"""
+
+from ._base import LABEL_ATTEMPT as LABEL_ATTEMPT
+from ._base import LABEL_JOB_ID as LABEL_JOB_ID
+from ._base import LABEL_MANAGER as LABEL_MANAGER
+from ._base import LABEL_STORE as LABEL_STORE
+from ._base import ContainerInfo as ContainerInfo
+from ._base import Executor as Executor
+from ._base import ExitStatus as ExitStatus
+from ._base import LineSink as LineSink
+from ._base import LogReader as LogReader
+from ._base import OutputLine as OutputLine
+from ._base import PullResult as PullResult
+from ._base import ResourceSample as ResourceSample
+from ._docker import DockerExecutor as DockerExecutor
+
+__all__ = [
+    "LABEL_ATTEMPT",
+    "LABEL_JOB_ID",
+    "LABEL_MANAGER",
+    "LABEL_STORE",
+    "ContainerInfo",
+    "DockerExecutor",
+    "Executor",
+    "ExitStatus",
+    "LineSink",
+    "LogReader",
+    "OutputLine",
+    "PullResult",
+    "ResourceSample",
+]

@@ -101,19 +101,21 @@ class ResourceSample:
 
 @attrs.frozen
 class ContainerInfo:
-    """A labelled container found on a host."""
+    """A labelled container found on a host.
+
+    Args:
+        started: whether its command ever ran (a container only created never did).
+        running: whether it runs now.
+        attempt: the attempt of the job it was made for.
+    """
 
     container_id: str
     job_id: str
     manager_id: str | None
     store_id: str | None
-    state: str  # the engine's word: "created", "running", "exited", ...
-    attempt: int = 0  # the job's attempt it was made for
-
-    @property
-    def started(self) -> bool:
-        """Whether it ever ran: a container only created never started its command."""
-        return self.state != "created"
+    started: bool
+    running: bool
+    attempt: int = 0
 
 
 @attrs.frozen

@@ -479,8 +479,10 @@ class DockerExecutor:
                 job_id=item["Labels"][LABEL_JOB_ID],
                 manager_id=item["Labels"].get(LABEL_MANAGER),
                 store_id=item["Labels"].get(LABEL_STORE),
+                # "created": made, never started; its command never ran.
+                started=item.get("State") != "created",
+                running=item.get("State") in ("running", "restarting", "paused"),
                 attempt=int(item["Labels"].get(LABEL_ATTEMPT) or 0),
-                state=str(item.get("State") or "unknown"),
             )
             for item in found
         ]

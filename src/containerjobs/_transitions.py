@@ -1,0 +1,164 @@
+"""The one door for status changes.
+
+Every move of a job's status goes through `StatusBoard.move`: a compare-and-set in
+the store on the status and owner last seen, then an event to the subscribers of
+`JobManager.events`, then a wake-up for whoever waits on the job. No call site can
+write a status and forget to tell. The rules that put a job back in the queue (a
+retry, a launch that never ran) stand here once.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import suppress
+from datetime import timedelta
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from ._errors import ContainerJobsError
+from ._events import EventStream
+from ._log import Logger
+from ._models import AttemptOutcome, Job, JobEvent, JobStatus, utcnow
+from .storage import Storage
+
+_MAX_RETRY_DELAY = 60.0
+
+
+class LostRace(Exception):
+    """Someone else changed the job first (a cancel, another manager): the move did
+    not happen. `current` is the job as it is now. Not a `ContainerJobsError`, so that
+    no handler of engine or store errors swallows it by accident."""
+
+    def __init__(self, current: Job) -> None:
+        super().__init__(f"job {current.id} changed meanwhile; it is {current.status} now")
+        self.current = current
+
+
+class StatusBoard:
+    def __init__(self, storage: Storage, log: Logger, *, retry_delay: float) -> None:
+        self._storage = storage
+        self._log = log
+        self._retry_delay = retry_delay
+        self._watchers: dict[str, anyio.Event] = {}
+        self._subscribers: list[MemoryObjectSendStream[JobEvent]] = []
+
+    # --- moves ---------------------------------------------------------------------
+
+    async def move(self, job: Job, new: Job) -> Job:
+        """Write `new` if the stored job still has `job`'s status and owner, and tell
+        everyone; `LostRace` when it changed meanwhile.
+
+        Checking the owner too means a manager whose lease lapsed, and whose job was
+        adopted meanwhile, loses, instead of both writing.
+        """
+        if not await self._storage.take_over(new, expected=job.status, expected_owner=job.owner):
+            raise LostRace(await self._storage.get(job.id))
+        self._announce(new, job.status)
+        return new
+
+    async def advance(self, job: Job, status: JobStatus, **changes: Any) -> Job:
+        return await self.move(job, job.advance(status, **changes))
+
+    async def claim(self, job: Job, claimed: Job, *, max_active: int) -> bool:
+        """Move a pending job to launching on its host, only while the host has fewer
+        than `max_active` active jobs; False when another manager took it first or
+        the host filled up."""
+        if not await self._storage.claim(claimed, max_active=max_active):
+            return False
+        self._announce(claimed, job.status)
+        return True
+
+    async def requeue(self, job: Job, **changes: Any) -> Job:
+        """Back to pending, with no host, owner or container, and nothing of the
+        attempt that did not happen or failed."""
+        reset: dict[str, Any] = {
+            "host": None,
+            "owner": None,
+            "container_id": None,
+            "exit_code": None,
+            "started_at": None,
+            "error": None,
+        }
+        return await self.advance(job, JobStatus.PENDING, **{**reset, **changes})
+
+    async def finish_or_retry(
+        self, job: Job, status: JobStatus, error: str | None, *, retryable: bool, **changes: Any
+    ) -> Job:
+        """End the job, unless it failed in a way worth another attempt and has
+        retries left: then it goes back to pending, with this attempt on record, to
+        start again after a delay that doubles with each attempt (up to a minute)."""
+        if status is JobStatus.FAILED and retryable and job.attempts <= job.spec.max_retries:
+            delay = min(self._retry_delay * 2 ** (job.attempts - 1), _MAX_RETRY_DELAY)
+            outcome = AttemptOutcome(
+                attempt=job.attempts,
+                host=job.host,
+                container_id=job.container_id,
+                exit_code=changes.get("exit_code"),
+                error=error,
+                started_at=job.started_at,
+                completed_at=utcnow(),
+            )
+            self._log.info(
+                "job.retrying", job_id=job.id, attempt=job.attempts, error=error, delay=delay
+            )
+            return await self.requeue(
+                job,
+                previous_attempts=(*job.previous_attempts, outcome),
+                retry_at=utcnow() + timedelta(seconds=delay),
+                output_start=await self._storage.log_count(job.id),
+            )
+        return await self.advance(job, status, error=error, completed_at=utcnow(), **changes)
+
+    async def fail_quietly(self, job_id: str, error: str) -> None:
+        """Fail the job if it has not ended; for the last resort of a crashed task."""
+        with suppress(ContainerJobsError):
+            job = await self._storage.get(job_id)
+            if not job.status.is_terminal:
+                await self.advance(job, JobStatus.FAILED, error=error, completed_at=utcnow())
+
+    # --- telling -------------------------------------------------------------------
+
+    def created(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self._announce(job, None)
+
+    def _announce(self, job: Job, previous: JobStatus | None) -> None:
+        self.wake(job.id)
+        if previous == job.status:
+            return
+        record = JobEvent(job.id, job.status, previous, utcnow())
+        for subscriber in self._subscribers:
+            with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                subscriber.send_nowait(record)
+
+    def subscribe(self) -> EventStream:
+        send, receive = anyio.create_memory_object_stream[JobEvent](math.inf)
+        self._subscribers.append(send)
+        return EventStream(receive, lambda: self._unsubscribe(send))
+
+    def _unsubscribe(self, send: MemoryObjectSendStream[JobEvent]) -> None:
+        with suppress(ValueError):
+            self._subscribers.remove(send)
+        send.close()
+
+    def close(self) -> None:
+        for subscriber in self._subscribers:
+            subscriber.close()
+
+    # --- waiting -------------------------------------------------------------------
+
+    def watch(self, job_id: str) -> anyio.Event:
+        """An event set at the job's next change. Take it before reading the store,
+        so a change between the read and the wait still wakes the waiter."""
+        event = self._watchers.get(job_id)
+        if event is None:
+            event = self._watchers[job_id] = anyio.Event()
+        return event
+
+    def wake(self, job_id: str) -> None:
+        # Set before dropping: a waiter that read a stale status looks again.
+        event = self._watchers.pop(job_id, None)
+        if event is not None:
+            event.set()

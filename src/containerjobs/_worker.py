@@ -1,0 +1,209 @@
+"""The worker: what a manager with hosts runs in its task group.
+
+It places pending jobs on hosts (dispatch), runs one `JobRun` per job, keeps its
+lease and reconciles (`Reconciler`), and watches the hosts' health (`HostMonitor`).
+A client manager (``hosts=[]``) has none of this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._dispatch import HostLoad, HostSelectionStrategy
+from ._errors import ContainerJobsError
+from ._health import HostMonitor, HostState
+from ._hosts import DockerHost
+from ._log import Logger
+from ._logs import LogHub
+from ._models import Job, JobStatus, utcnow
+from ._policy import SecurityPolicy
+from ._reconcile import Reconciler
+from ._run import JobRun
+from ._transitions import StatusBoard
+from .executors import Executor
+from .storage import Storage
+
+ExecutorFactory = Callable[[DockerHost, str, SecurityPolicy], Executor]
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        manager_id: str,
+        hosts: Sequence[DockerHost],
+        executor_factory: ExecutorFactory,
+        policy: SecurityPolicy,
+        storage: Storage,
+        board: StatusBoard,
+        strategy: HostSelectionStrategy,
+        health_interval: float,
+        poll_interval: float,
+        lease_ttl: float,
+        max_log_bytes: int,
+        log: Logger,
+    ) -> None:
+        self._storage = storage
+        self._board = board
+        self._strategy = strategy
+        self._poll_interval = poll_interval
+        self._max_log_bytes = max_log_bytes
+        self._log = log
+        self.monitor = HostMonitor(
+            [HostState(host, executor_factory(host, manager_id, policy)) for host in hosts],
+            log,
+            interval=health_interval,
+            on_recovered=self.wake,
+        )
+        self.runs: dict[str, JobRun] = {}
+        self.reconciler = Reconciler(
+            manager_id=manager_id,
+            storage=storage,
+            board=board,
+            monitor=self.monitor,
+            supervised=self.runs,
+            start_run=self.start_run,
+            accepting=lambda: self._accepting,
+            lease_ttl=lease_ttl,
+            log=log,
+        )
+        self._manager_id = manager_id
+        self._tg: TaskGroup | None = None
+        self._accepting = False
+        self._wake = anyio.Event()
+
+    async def open(self) -> None:
+        await self.monitor.open()
+        await self.monitor.check_all()
+
+    async def close(self) -> None:
+        await self.monitor.close()
+
+    async def serve(self, tg: TaskGroup) -> None:
+        """Start working in `tg`: first adopt what dead managers left, then take work."""
+        self._tg = tg
+        self._accepting = True
+        await self.reconciler.round()
+        tg.start_soon(self._dispatch_loop)
+        tg.start_soon(self.monitor.run)
+        tg.start_soon(self.reconciler.run)
+        if self._storage.persistent:
+            tg.start_soon(self._cancel_request_loop)
+
+    async def stop(self, mode: str) -> None:
+        """Take no more work; cancel the running jobs or wait for them, as `mode`
+        says (``"detach"`` leaves them to run on, for the next manager to adopt)."""
+        self._accepting = False
+        # Runs started while we waited are waited for too.
+        while mode != "detach" and self.runs:
+            run = next(iter(self.runs.values()))
+            if mode == "cancel":
+                run.request_cancel("cancelled: the manager shut down")
+            await run.done.wait()
+        await self.reconciler.drop_lease()
+
+    def wake(self) -> None:
+        """New work, a freed slot or a recovered host: dispatch now."""
+        self._wake.set()
+
+    def live_hub(self, job_id: str) -> LogHub | None:
+        """The output of a job running here, while it runs."""
+        run = self.runs.get(job_id)
+        if run is None or run.hub is None or run.hub.closed:
+            return None
+        return run.hub
+
+    def start_run(self, job: Job, state: HostState, adopt: str | None = None) -> None:
+        assert self._tg is not None
+        run = self.runs[job.id] = JobRun(
+            job,
+            state,
+            self._board,
+            self._storage,
+            self.monitor,
+            self._max_log_bytes,
+            self._log,
+            adopt=adopt,
+        )
+
+        async def supervise() -> None:
+            try:
+                await run.run()
+            finally:
+                self.runs.pop(job.id, None)
+                self.wake()
+
+        self._tg.start_soon(supervise, name=f"job {job.id}")
+
+    # --- dispatch --------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            self._wake = anyio.Event()
+            try:
+                await self._dispatch_once()
+            except ContainerJobsError as exc:
+                self._log.error("dispatch.failed", error=str(exc))
+            # New work, a freed slot or a recovered host wakes us; work submitted by
+            # other processes is found by the periodic read.
+            with anyio.move_on_after(self._poll_interval):
+                await self._wake.wait()
+
+    async def _dispatch_once(self) -> None:
+        if not self._accepting:
+            return
+        active = await self._storage.count_active()
+        usable = self.monitor.usable()
+        free = sum(max(0, s.host.max_concurrent_jobs - active.get(s.name, 0)) for s in usable)
+        if free == 0:
+            return
+        now = utcnow()
+        # Read past the free slots: jobs pinned to a full host must not block others.
+        for job in await self._storage.pending(limit=free * 4 + 16):
+            if job.retry_at is not None and job.retry_at > now:
+                continue  # the periodic round picks it up when its time comes
+            candidates = [
+                HostLoad(s.host, active.get(s.name, 0))
+                for s in usable
+                if (job.spec.host is None or job.spec.host == s.name)
+                and active.get(s.name, 0) < s.host.max_concurrent_jobs
+            ]
+            if not candidates:
+                continue
+            choice = self._strategy.select(job, candidates)
+            if choice is None:
+                continue
+            if not self._accepting:
+                return  # closing: take no more work
+            claimed = job.advance(
+                JobStatus.LAUNCHING,
+                host=choice.host.name,
+                owner=self._manager_id,
+                attempts=job.attempts + 1,
+            )
+            if not await self._board.claim(
+                job, claimed, max_active=choice.host.max_concurrent_jobs
+            ):
+                continue  # another manager took it, or the host filled up meanwhile
+            active[choice.host.name] = active.get(choice.host.name, 0) + 1
+            self.start_run(claimed, self.monitor[choice.host.name])
+
+    async def _cancel_request_loop(self) -> None:
+        # A cancel asked through another manager arrives as a flag in the store: one
+        # read per round for all of this worker's jobs, not one per job.
+        while True:
+            await anyio.sleep(self._poll_interval)
+            if not self.runs:
+                continue
+            try:
+                jobs = await self._storage.active_jobs(owner=self._manager_id)
+            except ContainerJobsError as exc:
+                self._log.warning("cancel_requests.unreadable", error=str(exc))
+                continue
+            for job in jobs:
+                run = self.runs.get(job.id)
+                if job.cancel_requested and run is not None:
+                    run.request_cancel("cancelled")
