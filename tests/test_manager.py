@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import anyio
@@ -429,3 +430,36 @@ async def test_a_host_that_stops_answering_during_a_launch_is_taken_down(
     job = await manager.run(SPEC)
     assert job.status is cj.JobStatus.FAILED
     assert not (await manager.summary())["hosts"]["a"]["healthy"]
+
+
+class _FlakyLogs(cj.InMemoryStorage):
+    """A store whose log writes fail while `failing` is set (a full disk, say)."""
+
+    failing = False
+
+    async def append_logs(self, job_id, lines):  # type: ignore[no-untyped-def]
+        if self.failing:
+            raise cj.StorageError("database or disk is full")
+        await super().append_logs(job_id, lines)
+
+
+async def test_a_failure_that_repeats_is_logged_once_and_its_end_once(
+    cluster: FakeCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="containerjobs")
+    storage = _FlakyLogs()
+    storage.failing = True
+    cluster.behaviour = lambda job: FakeRun(stdout="".join(f"{i}\n" for i in range(50)),
+                                            duration=1.5)
+    async with cj.JobManager(hosts=fake_hosts("a"), executor_factory=cluster,
+                             storage=storage) as manager:
+        jobs = [await manager.submit(SPEC), await manager.submit(SPEC)]
+        await anyio.sleep(1.0)  # four flushes a second, per job, all failing
+        storage.failing = False
+        done = [await manager.wait(job.id) for job in jobs]
+        stored = [[line async for line in manager.logs(job.id)] for job in jobs]
+    events = [record.event for record in caplog.records]  # type: ignore[attr-defined]
+    assert events.count("logs.flush_failed") == 1
+    assert events.count("logs.flush_recovered") == 1
+    assert all(job.stdout.count("\n") == 50 for job in done)
+    assert all(len(lines) == 50 for lines in stored)  # nothing lost meanwhile

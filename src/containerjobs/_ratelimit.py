@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Hashable
+from typing import Any
 
 import attrs
 
@@ -99,3 +100,16 @@ class RepeatLimiter:
             suppressed=run.suppressed,
             duration=self._clock() - run.started_at,
         )
+
+    def report(self, emit: Callable[..., None], event: str, **fields: Any) -> None:
+        """Count a failure keyed by `event`, and log it with `emit` when it is due,
+        with how many failures in a row there were and how many went unlogged."""
+        report = self.failure(event)
+        if report is not None:
+            emit(event, **fields, failures=report.failures, suppressed=report.suppressed)
+
+    def recover(self, emit: Callable[..., None], event: str, recovered: str) -> None:
+        """The operation of `event` succeeded: log `recovered` once, if it had failed."""
+        recovery = self.clear(event)
+        if recovery is not None:
+            emit(recovered, failures=recovery.failures, after=round(recovery.duration, 1))

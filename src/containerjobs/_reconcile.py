@@ -21,6 +21,7 @@ from ._errors import ContainerJobsError, HostUnavailable, JobNotFound
 from ._health import HostMonitor, HostState
 from ._log import Logger
 from ._models import Job, JobStatus
+from ._ratelimit import RepeatLimiter
 from ._transitions import LostRace, StatusBoard
 from .storage import Storage
 
@@ -40,6 +41,7 @@ class Reconciler:
         accepting: Callable[[], bool],
         lease_ttl: float,
         log: Logger,
+        repeats: RepeatLimiter,
     ) -> None:
         self._id = manager_id
         self._storage = storage
@@ -50,6 +52,7 @@ class Reconciler:
         self._accepting = accepting
         self._lease_ttl = lease_ttl
         self._log = log
+        self._repeats = repeats
 
     async def run(self) -> None:
         # Renew well before expiry; reconcile as often, to adopt the jobs of managers
@@ -65,8 +68,10 @@ class Reconciler:
             await self.reconcile()
         except Exception:
             # A store or host that fails now may answer next round; a bug must not
-            # stop the worker either. Both are logged.
-            self._log.exception("reconcile.failed")
+            # stop the worker either. Both are logged (once a minute while it lasts).
+            self._repeats.report(self._log.exception, "reconcile.failed")
+        else:
+            self._repeats.recover(self._log.info, "reconcile.failed", "reconcile.recovered")
 
     async def drop_lease(self) -> None:
         with anyio.CancelScope(shield=True), suppress(ContainerJobsError):

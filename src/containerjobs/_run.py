@@ -23,6 +23,7 @@ from ._health import HostMonitor, HostState
 from ._log import Logger
 from ._logs import LogHub
 from ._models import Job, JobStatus, LogLine, utcnow
+from ._ratelimit import RepeatLimiter
 from ._transitions import LostRace, StatusBoard
 from .executors import LABEL_STORE, LogReader, OutputLine
 from .storage import Storage
@@ -76,6 +77,7 @@ class JobRun:
     monitor: HostMonitor
     max_log_bytes: int
     log: Logger
+    repeats: RepeatLimiter  # the worker's: a store outage is logged once, not per job
     adopt: str | None = None
     hub: LogHub | None = None  # the live output, while it runs
     done: anyio.Event = attrs.Factory(anyio.Event)
@@ -317,15 +319,22 @@ class JobRun:
                 await hub.flush()
             except ContainerJobsError as exc:
                 # The lines stay buffered; the next flush writes them (it is idempotent).
-                self.log.warning("logs.flush_failed", error=str(exc))
+                self.repeats.report(self.log.warning, "logs.flush_failed", error=str(exc))
                 await anyio.sleep(_LOG_FLUSH_INTERVAL)
+            else:
+                self.repeats.recover(self.log.info, "logs.flush_failed", "logs.flush_recovered")
 
     async def _persist(self, write: Callable[[], Awaitable[T]]) -> T:
         # A job's end must reach the store: ride out a short outage of it.
         for delay in _PERSIST_RETRIES:
             try:
-                return await write()
+                result = await write()
             except StorageError as exc:
-                self.log.warning("store.write_failed", error=str(exc), retry_in=delay)
+                self.repeats.report(
+                    self.log.warning, "store.write_failed", error=str(exc), retry_in=delay
+                )
                 await anyio.sleep(delay)
+            else:
+                self.repeats.recover(self.log.info, "store.write_failed", "store.write_recovered")
+                return result
         return await write()

@@ -20,6 +20,7 @@ from ._log import Logger
 from ._logs import LogHub
 from ._models import Job, JobStatus, utcnow
 from ._policy import SecurityPolicy
+from ._ratelimit import RepeatLimiter
 from ._reconcile import Reconciler
 from ._run import JobRun
 from ._transitions import StatusBoard
@@ -52,6 +53,8 @@ class Worker:
         self._poll_interval = poll_interval
         self._max_log_bytes = max_log_bytes
         self._log = log
+        # One for the whole worker: a store that fails, fails every job at once.
+        self._repeats = RepeatLimiter()
         self.monitor = HostMonitor(
             [HostState(host, executor_factory(host, manager_id, policy)) for host in hosts],
             log,
@@ -69,6 +72,7 @@ class Worker:
             accepting=lambda: self._accepting,
             lease_ttl=lease_ttl,
             log=log,
+            repeats=self._repeats,
         )
         self._manager_id = manager_id
         self._tg: TaskGroup | None = None
@@ -126,6 +130,7 @@ class Worker:
             self.monitor,
             self._max_log_bytes,
             self._log,
+            self._repeats,
             adopt=adopt,
         )
 
@@ -146,7 +151,9 @@ class Worker:
             try:
                 await self._dispatch_once()
             except ContainerJobsError as exc:
-                self._log.error("dispatch.failed", error=str(exc))
+                self._repeats.report(self._log.error, "dispatch.failed", error=str(exc))
+            else:
+                self._repeats.recover(self._log.info, "dispatch.failed", "dispatch.recovered")
             # New work, a freed slot or a recovered host wakes us; work submitted by
             # other processes is found by the periodic read.
             with anyio.move_on_after(self._poll_interval):
@@ -201,8 +208,13 @@ class Worker:
             try:
                 jobs = await self._storage.active_jobs(owner=self._manager_id)
             except ContainerJobsError as exc:
-                self._log.warning("cancel_requests.unreadable", error=str(exc))
+                self._repeats.report(
+                    self._log.warning, "cancel_requests.unreadable", error=str(exc)
+                )
                 continue
+            self._repeats.recover(
+                self._log.info, "cancel_requests.unreadable", "cancel_requests.readable"
+            )
             for job in jobs:
                 run = self.runs.get(job.id)
                 if job.cancel_requested and run is not None:
