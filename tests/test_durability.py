@@ -34,10 +34,10 @@ def shared_folder(tmp_path: Path) -> Path:
 
 
 SUBMIT_AND_HANG = """
-import sys, anyio, structlog
+import logging, sys, anyio
 import containerjobs as cj
 
-structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+logging.basicConfig(level=logging.INFO)  # on stderr, to see what it did when it fails
 
 async def main() -> None:
     host = cj.DockerHost("local", "unix:///var/run/docker.sock")

@@ -8,14 +8,14 @@ from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 import attrs
-import structlog
 
 from ._errors import InvalidJobSpec, PolicyViolation
 from ._images import canonical_registry, parse_image
+from ._log import get_logger
 from ._models import JobSpec, Mount
 from ._users import UserSpecError, parse_user_spec
 
-_log = structlog.get_logger("containerjobs.policy")
+_log = get_logger("containerjobs.policy")
 
 # Never mounted, whatever the policy allows: the host's identity, its kernel
 # interfaces, and the runtime sockets that would hand a job the whole machine.

@@ -17,7 +17,14 @@ from typing import Any, TypeVar
 import anyio
 import attrs
 
-from ._errors import ContainerJobsError, HostUnavailable, ImageNotFound, StorageError
+from ._errors import (
+    ContainerJobsError,
+    HostUnavailable,
+    ImageNotFound,
+    InvalidJobSpec,
+    PolicyViolation,
+    StorageError,
+)
 from ._harvest import End, Output, Usage, outcome
 from ._health import HostMonitor, HostState
 from ._log import Logger
@@ -158,10 +165,10 @@ class JobRun:
             # Ask the host itself: a job's own failure (a create that timed out on a
             # huge request) must not take a host that answers out of service.
             await self.monitor.check(self.state)
-        # A missing image stays missing; anything else may pass on a retry.
-        await self.board.finish_or_retry(
-            job, JobStatus.FAILED, str(failure), retryable=not isinstance(failure, ImageNotFound)
-        )
+        # A missing image stays missing, and a refused spec refused; anything else
+        # may pass on a retry.
+        retryable = not isinstance(failure, ImageNotFound | PolicyViolation | InvalidJobSpec)
+        await self.board.finish_or_retry(job, JobStatus.FAILED, str(failure), retryable=retryable)
         return None
 
     async def _watch(self, container_id: str, lines: _Lines) -> None:

@@ -15,11 +15,9 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from contextlib import suppress
 from typing import Any
 
 import anyio
-import structlog
 
 from ._errors import ContainerJobsError
 from ._hosts import DockerHost, TLSConfig
@@ -151,14 +149,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _StderrLogger(structlog.PrintLogger):
-    """Prints to stderr, and never lets a closed pipe break the job it reports on."""
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to stderr, and never lets a closed pipe break the job it reports on."""
 
-    def msg(self, message: str) -> None:
-        with suppress(OSError, ValueError):
-            super().msg(message)
-
-    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass  # a closed or broken stderr: nothing to report to, and nothing to stop
 
 
 def _host(text: str) -> tuple[str | None, str]:
@@ -209,12 +204,11 @@ async def _work(args: argparse.Namespace) -> int:
 def _configure_logging(verbose: bool) -> None:
     # The job's own output owns stdout; the library speaks on stderr, and only when
     # something is wrong unless asked.
-    structlog.configure(
-        logger_factory=lambda *args: _StderrLogger(sys.stderr),
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.INFO if verbose else logging.WARNING
-        ),
-    )
+    handler = _StderrHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("containerjobs: %(levelname)s %(message)s"))
+    logger = logging.getLogger("containerjobs")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _storage(path: str | None) -> Storage:

@@ -32,7 +32,6 @@ from typing import Any
 import aiodocker
 import aiohttp
 import anyio
-import structlog
 from aiodocker.exceptions import DockerError
 from aiodocker.utils import compose_auth_header
 
@@ -47,6 +46,7 @@ from .._errors import (
 )
 from .._hosts import DockerHost, TLSConfig
 from .._images import parse_image
+from .._log import get_logger
 from .._models import Job
 from .._policy import SecurityPolicy
 from ._base import (
@@ -61,7 +61,7 @@ from ._base import (
 )
 from ._docker_logs import DockerLogReader
 
-_log = structlog.get_logger("containerjobs.docker")
+_log = get_logger("containerjobs.docker")
 
 # Long-lived streams must not time out; control calls get a bound.
 _FOREVER = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
