@@ -53,8 +53,10 @@ def capture(text: str, cap: int) -> tuple[Output, list[LogLine]]:
 
 
 def check_capped(text: str, kept: str, cap: int) -> None:
-    """Past the cap: the first and last halves exact, a marker between them."""
-    head, tail = utf8_head(text, cap // 2), utf8_tail(text, cap - cap // 2)
+    """Past the cap: the first half exact (up to a whole character), the rest of the
+    cap from the end exact, and a marker between them."""
+    head = utf8_head(text, cap // 2)
+    tail = utf8_tail(text, cap - len(head.encode()))
     assert kept.startswith(head) and kept.endswith(tail)
     middle = kept[len(head) : len(kept) - len(tail)]
     assert middle.lstrip("\n").startswith("[containerjobs: ") and middle.endswith(" bytes]\n")
