@@ -1,20 +1,4 @@
-"""A fake container engine, for testing code that uses containerjobs without Docker.
-
-Hand a `FakeCluster` to the manager as its executor factory; every host then runs
-jobs in memory, as the behaviour you give says::
-
-    from containerjobs.testing import FakeCluster, FakeRun
-
-    cluster = FakeCluster(lambda job: FakeRun(stdout="hi\\n"))
-    async with JobManager(hosts=[DockerHost("a", "unix:///fake")],
-                          executor_factory=cluster) as manager:
-        job = await manager.run(JobSpec(image="alpine", command="anything"))
-        assert job.stdout == "hi\\n"
-
-The fake honours the manager's side of the contract (timeouts kill, cancel kills,
-logs end when the container exits, labels are kept) so the manager behaves as it
-would against Docker.
-"""
+"""The fake container engine: `FakeCluster`, `FakeExecutor`, `FakeRun`."""
 
 from __future__ import annotations
 
@@ -25,11 +9,11 @@ from datetime import UTC, datetime
 import anyio
 import attrs
 
-from ._errors import ExecutorError, HostUnavailable
-from ._hosts import DockerHost
-from ._models import Job, LogLine, Stream
-from ._policy import SecurityPolicy
-from .executors._base import (
+from .._errors import ExecutorError, HostUnavailable
+from .._hosts import DockerHost
+from .._models import Job, LogLine, Stream
+from .._policy import SecurityPolicy
+from ..executors._base import (
     LABEL_STORE,
     ContainerInfo,
     ExitStatus,
@@ -38,8 +22,6 @@ from .executors._base import (
     PullResult,
     ResourceSample,
 )
-
-__all__ = ["FakeCluster", "FakeExecutor", "FakeRun"]
 
 
 @attrs.frozen

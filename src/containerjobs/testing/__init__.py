@@ -1,0 +1,27 @@
+"""A fake container engine, for testing code that uses containerjobs without Docker.
+
+Hand a `FakeCluster` to the manager as its executor factory; every host then runs
+jobs in memory, as the behaviour you give says::
+
+    from containerjobs.testing import FakeCluster, FakeRun
+
+    cluster = FakeCluster(lambda job: FakeRun(stdout="hi\\n"))
+    async with JobManager(hosts=[DockerHost("a", "unix:///fake")],
+                          executor_factory=cluster) as manager:
+        job = await manager.run(JobSpec(image="alpine", command="anything"))
+        assert job.stdout == "hi\\n"
+
+The fake honours the manager's side of the contract (timeouts kill, cancel kills,
+logs end when the container exits, labels are kept) so the manager behaves as it
+would against Docker.
+
+`StorageContract` and `ExecutorContract` are the behaviour suites every store and
+every executor must pass, ours and yours: subclass one in your tests with a factory
+(see their docstrings). They need pytest, which is imported only when you use them.
+"""
+
+from ._fake import FakeCluster as FakeCluster
+from ._fake import FakeExecutor as FakeExecutor
+from ._fake import FakeRun as FakeRun
+
+__all__ = ["FakeCluster", "FakeExecutor", "FakeRun"]
