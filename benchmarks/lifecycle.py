@@ -99,8 +99,8 @@ def check_same_config(image: str) -> None:
     policy = cj.SecurityPolicy()
     spec = policy.apply(cj.JobSpec(image=image, command=COMMAND))
     job = cj.Job(id="x", spec=spec, name=None, created_at=datetime.now(timezone.utc))
-    executor = DockerExecutor(cj.DockerHost("local", SOCKET), manager_id="m", policy=policy)
-    theirs = executor._container_config(job)
+    executor = DockerExecutor(cj.DockerHost("local", SOCKET))
+    theirs = executor._container_config(policy.launch_request(job, labels={}))
     ours = raw_config(image, {})
     theirs = {**theirs, "Labels": {}}
     if theirs != ours:

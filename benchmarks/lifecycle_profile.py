@@ -145,8 +145,8 @@ def _wrap_async(name: str, key_of: Any) -> None:
     setattr(DockerExecutor, name, wrapper)
 
 
-def _launch_key(job: Any, container_id: str) -> dict[str, float]:
-    MARKS[container_id]["job"] = job.id  # type: ignore[assignment]
+def _launch_key(request: Any, container_id: str) -> dict[str, float]:
+    MARKS[container_id]["job"] = request.job_id  # type: ignore[assignment]
     return MARKS[container_id]
 
 
@@ -157,17 +157,26 @@ _wrap_async("remove", lambda cid, _r: MARKS[cid])
 _orig_logs = DockerExecutor.logs
 
 
-async def _timed_logs(self: Any, container_id: str, **kwargs: Any):
-    t0 = time.perf_counter()
-    first = None
-    async for item in _orig_logs(self, container_id, **kwargs):
-        if first is None:
-            first = time.perf_counter()
-        yield item
-    marks = MARKS[container_id]
-    marks.setdefault("logs_start", t0)
-    marks.setdefault("logs_first_line", first or time.perf_counter())
-    marks.setdefault("logs_end", time.perf_counter())
+def _timed_logs(self: Any, container_id: str) -> Any:
+    # The first read of a job's reader is its follow stream: time it and its first line.
+    reader = _orig_logs(self, container_id)
+    orig_read = reader.read
+
+    async def read(sink: Any, *, follow: bool) -> None:
+        marks = MARKS[container_id]
+        t0 = time.perf_counter()
+
+        def timed(item: Any) -> None:
+            marks.setdefault("logs_first_line", time.perf_counter())
+            sink(item)
+
+        await orig_read(timed, follow=follow)
+        marks.setdefault("logs_start", t0)
+        marks.setdefault("logs_first_line", time.perf_counter())
+        marks.setdefault("logs_end", time.perf_counter())
+
+    reader.read = read
+    return reader
 
 
 DockerExecutor.logs = _timed_logs  # type: ignore[method-assign]

@@ -16,6 +16,7 @@ from ._errors import PolicyViolation as PolicyViolation
 from ._errors import StorageError as StorageError
 from ._errors import TemplateNotFound as TemplateNotFound
 from ._hosts import DockerHost as DockerHost
+from ._hosts import Host as Host
 from ._hosts import RegistryAuth as RegistryAuth
 from ._hosts import TLSConfig as TLSConfig
 from ._manager import JobManager as JobManager
@@ -44,6 +45,7 @@ __all__ = [
     "EnvironmentTemplate",
     "ExecutorError",
     "FirstAvailable",
+    "Host",
     "HostHealth",
     "HostLoad",
     "HostSelectionStrategy",

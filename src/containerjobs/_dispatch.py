@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
-from ._hosts import DockerHost
+from ._hosts import Host
 from ._models import Job
 
 
@@ -21,7 +21,7 @@ from ._models import Job
 class HostLoad:
     """A candidate host and how busy it is right now."""
 
-    host: DockerHost
+    host: Host
     running: int
 
     @property

@@ -10,7 +10,7 @@ import anyio
 import attrs
 
 from ._errors import ContainerJobsError
-from ._hosts import DockerHost
+from ._hosts import Host
 from ._log import Logger
 from ._models import HostHealth, utcnow
 from .executors import Executor
@@ -23,7 +23,7 @@ _PING_TIMEOUT = 10.0
 class HostState:
     """A host, the executor that speaks to it, and its last health check."""
 
-    host: DockerHost
+    host: Host
     executor: Executor
     health: HostHealth = attrs.Factory(lambda: HostHealth(False, None, "not checked yet"))
 

@@ -1,4 +1,9 @@
-"""Docker hosts: where jobs run, how to reach them, and how many jobs each takes."""
+"""Hosts: where jobs run, how many jobs each takes, and how to reach its engine.
+
+`Host` is what the manager and the placement strategies know of a host: its name,
+weight, slots and whether it takes new work, and the executor that speaks to it.
+`DockerHost` adds how to reach a Docker daemon.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,15 @@ import os
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 
 from ._errors import HostUnavailable
 from ._images import canonical_registry
+
+if TYPE_CHECKING:
+    from .executors import DockerExecutor, Executor
 
 _SCHEMES = ("unix://", "tcp://", "http://", "https://")
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
@@ -61,6 +69,39 @@ class TLSConfig:
         except (ssl.SSLError, OSError) as exc:
             raise HostUnavailable(f"cannot load TLS files: {exc}") from exc
         return context
+
+
+@runtime_checkable
+class Host(Protocol):
+    """A place jobs run, as the manager sees it, whatever the engine.
+
+    An engine's host class (`DockerHost`) adds how to reach it, and makes the
+    `Executor` that speaks to it.
+    """
+
+    @property
+    def name(self) -> str:
+        """How jobs and `JobSpec.host` refer to it; unique within a manager."""
+        ...
+
+    @property
+    def weight(self) -> int:
+        """Relative capacity, for placement."""
+        ...
+
+    @property
+    def max_concurrent_jobs(self) -> int:
+        """Jobs running at once on it, at most (across every manager of a store)."""
+        ...
+
+    @property
+    def active(self) -> bool:
+        """Whether it takes new jobs."""
+        ...
+
+    def executor(self) -> Executor:
+        """A new executor for this host (opened by the manager)."""
+        ...
 
 
 @attrs.frozen(repr=False)
@@ -125,6 +166,11 @@ class DockerHost:
     def _check_name(self, _: attrs.Attribute[str], value: str) -> None:
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"host name must be a non-empty str, got {value!r}")
+
+    def executor(self) -> DockerExecutor:
+        from .executors import DockerExecutor
+
+        return DockerExecutor(self)
 
     @classmethod
     def from_env(

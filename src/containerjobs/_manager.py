@@ -22,7 +22,7 @@ from ._dispatch import HostSelectionStrategy, WeightedLeastLoaded
 from ._errors import ContainerJobsError, InvalidJobSpec
 from ._events import EventStream
 from ._health import HostMonitor, HostState
-from ._hosts import DockerHost
+from ._hosts import DockerHost, Host
 from ._log import Logger, get_logger
 from ._models import (
     EnvironmentTemplate,
@@ -42,10 +42,8 @@ from .storage import InMemoryStorage, Storage
 ExitMode = Literal["cancel", "wait", "detach"]
 
 
-def _default_executor(host: DockerHost, manager_id: str, policy: SecurityPolicy) -> Executor:
-    from .executors import DockerExecutor
-
-    return DockerExecutor(host, manager_id=manager_id, policy=policy)
+def _default_executor(host: Host) -> Executor:
+    return host.executor()
 
 
 class JobManager:
@@ -84,7 +82,7 @@ class JobManager:
 
     def __init__(
         self,
-        hosts: Sequence[DockerHost] | None = None,
+        hosts: Sequence[Host] | None = None,
         *,
         storage: Storage | None = None,
         strategy: HostSelectionStrategy | None = None,

@@ -12,8 +12,9 @@ import attrs
 from ._errors import InvalidJobSpec, PolicyViolation
 from ._images import canonical_registry, parse_image
 from ._log import get_logger
-from ._models import JobSpec, Mount
+from ._models import Job, JobSpec, Mount
 from ._users import UserSpecError, parse_user_spec
+from .executors._base import LABEL_ATTEMPT, LABEL_JOB_ID, LaunchRequest
 
 _log = get_logger("containerjobs.policy")
 
@@ -103,6 +104,41 @@ class SecurityPolicy:
                 f"SecurityPolicy: default_user={self.default_user!r}: {reason}, and "
                 "allow_root is False"
             )
+
+    def launch_request(self, job: Job, *, labels: Mapping[str, str]) -> LaunchRequest:
+        """What to ask an executor for `job`'s current attempt: its effective spec,
+        with this policy's hardening. `labels` are the library's own (the manager's
+        and the store's identities); the job's id and attempt are added here."""
+        spec = job.spec
+        command = spec.command
+        if isinstance(command, str):
+            command = ("/bin/sh", "-c", command)  # a Dockerfile's shell form
+        memory = self.default_memory_mb if spec.memory_limit_mb is None else spec.memory_limit_mb
+        return LaunchRequest(
+            job=job,
+            image=spec.image,
+            command=command,
+            environment=spec.environment,
+            labels={
+                **spec.labels,
+                **labels,
+                LABEL_JOB_ID: job.id,
+                LABEL_ATTEMPT: str(job.attempts),
+            },
+            user=spec.user if spec.user is not None else self.default_user,
+            allow_root=self.allow_root,
+            working_directory=spec.working_directory,
+            memory_bytes=memory * 1024 * 1024,
+            cpus=spec.cpu_limit if spec.cpu_limit is not None else self.default_cpu,
+            pids_limit=self.pids_limit,
+            read_only_root=self.read_only_root,
+            tmpfs={"/tmp": self.tmpfs_size_mb} if self.read_only_root else {},
+            drop_capabilities=self.drop_capabilities,
+            no_new_privileges=self.no_new_privileges,
+            mounts=spec.mounts,
+            networks=spec.networks,
+            pull_policy=spec.pull_policy,
+        )
 
     def apply(self, spec: JobSpec, template: Mapping[str, str] | None = None) -> JobSpec:
         """The effective spec: defaults filled in, the template's environment under the

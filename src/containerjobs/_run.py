@@ -30,9 +30,10 @@ from ._health import HostMonitor, HostState
 from ._log import Logger
 from ._logs import LogHub
 from ._models import Job, JobStatus, LogLine, utcnow
+from ._policy import SecurityPolicy
 from ._ratelimit import RepeatLimiter
 from ._transitions import LostRace, StatusBoard
-from .executors import LABEL_STORE, LogReader, OutputLine
+from .executors import LABEL_MANAGER, LABEL_STORE, LogReader, OutputLine
 from .storage import Storage
 
 T = TypeVar("T")
@@ -85,6 +86,7 @@ class JobRun:
     max_log_bytes: int
     log: Logger
     repeats: RepeatLimiter  # the worker's: a store outage is logged once, not per job
+    policy: SecurityPolicy  # this worker's: it decides how the container is hardened
     adopt: str | None = None
     hub: LogHub | None = None  # the live output, while it runs
     done: anyio.Event = attrs.Factory(anyio.Event)
@@ -154,9 +156,12 @@ class JobRun:
         """
         job = self.job
         self.log.info("job.launching", image=job.spec.image, attempt=job.attempts)
+        # The store's identity goes on the container, so that reconciliation leaves
+        # the containers of another store alone.
+        labels = {LABEL_MANAGER: job.owner or "", LABEL_STORE: self.storage.store_id}
         try:
             return await self.state.executor.launch(
-                job, labels={LABEL_STORE: self.storage.store_id}
+                self.policy.launch_request(job, labels=labels)
             )
         except ContainerJobsError as exc:
             failure = exc

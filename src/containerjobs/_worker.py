@@ -15,7 +15,7 @@ from anyio.abc import TaskGroup
 from ._dispatch import HostLoad, HostSelectionStrategy
 from ._errors import ContainerJobsError
 from ._health import HostMonitor, HostState
-from ._hosts import DockerHost
+from ._hosts import Host
 from ._log import Logger
 from ._logs import LogHub
 from ._models import Job, JobStatus, utcnow
@@ -27,7 +27,7 @@ from ._transitions import StatusBoard
 from .executors import Executor
 from .storage import Storage
 
-ExecutorFactory = Callable[[DockerHost, str, SecurityPolicy], Executor]
+ExecutorFactory = Callable[[Host], Executor]
 
 
 class Worker:
@@ -35,7 +35,7 @@ class Worker:
         self,
         *,
         manager_id: str,
-        hosts: Sequence[DockerHost],
+        hosts: Sequence[Host],
         executor_factory: ExecutorFactory,
         policy: SecurityPolicy,
         storage: Storage,
@@ -48,6 +48,7 @@ class Worker:
         log: Logger,
     ) -> None:
         self._storage = storage
+        self._policy = policy
         self._board = board
         self._strategy = strategy
         self._poll_interval = poll_interval
@@ -56,7 +57,7 @@ class Worker:
         # One for the whole worker: a store that fails, fails every job at once.
         self._repeats = RepeatLimiter()
         self.monitor = HostMonitor(
-            [HostState(host, executor_factory(host, manager_id, policy)) for host in hosts],
+            [HostState(host, executor_factory(host)) for host in hosts],
             log,
             interval=health_interval,
             on_recovered=self.wake,
@@ -131,6 +132,7 @@ class Worker:
             self._max_log_bytes,
             self._log,
             self._repeats,
+            self._policy,
             adopt=adopt,
         )
 

@@ -13,6 +13,7 @@ from ._base import LABEL_STORE as LABEL_STORE
 from ._base import ContainerInfo as ContainerInfo
 from ._base import Executor as Executor
 from ._base import ExitStatus as ExitStatus
+from ._base import LaunchRequest as LaunchRequest
 from ._base import LineSink as LineSink
 from ._base import LogReader as LogReader
 from ._base import OutputLine as OutputLine
@@ -29,6 +30,7 @@ __all__ = [
     "DockerExecutor",
     "Executor",
     "ExitStatus",
+    "LaunchRequest",
     "LineSink",
     "LogReader",
     "OutputLine",

@@ -1,7 +1,7 @@
 """The `Executor` protocol: how the manager speaks to one container engine on one host.
 
 The manager knows this protocol and nothing of the engine behind it. An executor
-turns a `Job` into a running container and reports what happens to it; it translates
+turns a `LaunchRequest` into a running container and reports what happens to it; it translates
 every engine error into the library's own (`HostUnavailable` when the host cannot be
 reached, `ImageNotFound`, `ExecutorError` for the rest) with ``raise ... from exc``.
 
@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
-from .._models import Job, LogLine
+from .._models import Job, LogLine, Mount, NetworkAttachment, PullPolicy
 
 LABEL_JOB_ID = "containerjobs.job_id"
 LABEL_MANAGER = "containerjobs.manager"
@@ -37,6 +37,66 @@ class OutputLine:
 
     line: LogLine
     newline: bool = True
+
+
+def _mask(environment: Mapping[str, str]) -> str:
+    return "{" + ", ".join(f"{key!r}: '***'" for key in environment) + "}"
+
+
+@attrs.frozen(kw_only=True)
+class LaunchRequest:
+    """Everything an executor needs to start a job's container, decided already.
+
+    The manager's security policy has filled in the limits and the user and chosen
+    the hardening; an executor applies what it is told and decides nothing. `job` is
+    the record it is for (its id, attempt and spec), for executors that want more
+    context than the resolved fields.
+
+    Args:
+        command: the argv, or `None` for the image's own (a shell-form command is
+            ``("/bin/sh", "-c", text)`` already).
+        labels: every label the container carries: the job's own, and the library's
+            (`LABEL_JOB_ID`, `LABEL_MANAGER`, `LABEL_ATTEMPT`, `LABEL_STORE`).
+        user: ``uid:gid`` or a name, as the container runs.
+        allow_root: when False, a `user` that the image resolves to uid or gid 0 (a
+            name, or a uid with no group) must be refused with `PolicyViolation`
+            before the command runs.
+        memory_bytes: the memory limit; swap is not allowed beyond it.
+        cpus: the CPU limit, in cores.
+        pids_limit: most processes at once, or `None` for the engine's default.
+        read_only_root: a read-only root file system.
+        tmpfs: in-memory folders (path to size in MB), writable by any user.
+        drop_capabilities: drop every Linux capability.
+        no_new_privileges: forbid gaining privileges (setuid binaries).
+        mounts: host folders to bind, their sources resolved and allowed.
+    """
+
+    job: Job
+    image: str
+    command: tuple[str, ...] | None
+    environment: Mapping[str, str] = attrs.field(repr=_mask)
+    labels: Mapping[str, str]
+    user: str
+    allow_root: bool
+    working_directory: str | None
+    memory_bytes: int
+    cpus: float
+    pids_limit: int | None
+    read_only_root: bool
+    tmpfs: Mapping[str, int]
+    drop_capabilities: bool
+    no_new_privileges: bool
+    mounts: tuple[Mount, ...]
+    networks: tuple[NetworkAttachment, ...]
+    pull_policy: PullPolicy
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
+    @property
+    def attempt(self) -> int:
+        return self.job.attempts
 
 
 LineSink = Callable[[OutputLine], None]
@@ -153,16 +213,13 @@ class Executor(Protocol):
         """Return when the engine answers; raise `HostUnavailable` saying why it doesn't."""
         ...
 
-    async def launch(self, job: Job, *, labels: Mapping[str, str] | None = None) -> str:
-        """Create and start the container of `job`'s current attempt; return its id.
+    async def launch(self, request: LaunchRequest) -> str:
+        """Create and start the container `request` describes; return its id.
 
-        `labels` are added to the container's (the manager passes the store's
-        identity, `LABEL_STORE`, so that containers of another store are left alone).
-
-        Pulls the image as ``job.spec.pull_policy`` says. The spec is the effective
-        one (the policy's defaults applied). When launching fails or is cancelled
-        after the container was created, the container is removed before this
-        returns or raises: a failed launch leaves nothing behind.
+        Pulls the image as ``request.pull_policy`` says (`ImageNotFound` when it is
+        absent and may not be pulled). When launching fails or is cancelled after the
+        container was created, the container is removed before this returns or
+        raises: a failed launch leaves nothing behind.
         """
         ...
 

@@ -23,7 +23,7 @@ import base64
 import io
 import json
 import tarfile
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from functools import partial
@@ -47,8 +47,6 @@ from .._errors import (
 from .._hosts import DockerHost, TLSConfig
 from .._images import parse_image
 from .._log import get_logger
-from .._models import Job
-from .._policy import SecurityPolicy
 from ._base import (
     LABEL_ATTEMPT,
     LABEL_JOB_ID,
@@ -56,6 +54,7 @@ from ._base import (
     LABEL_STORE,
     ContainerInfo,
     ExitStatus,
+    LaunchRequest,
     PullResult,
     ResourceSample,
 )
@@ -124,10 +123,8 @@ def _gone_or_stopped(exc: ExecutorError) -> bool:
 class DockerExecutor:
     """Runs jobs on one Docker daemon."""
 
-    def __init__(self, host: DockerHost, *, manager_id: str, policy: SecurityPolicy) -> None:
+    def __init__(self, host: DockerHost) -> None:
         self._host = host
-        self._manager_id = manager_id
-        self._policy = policy
         self._docker: aiodocker.Docker | None = None
         self._killed: set[str] = set()  # containers we sent SIGKILL to
 
@@ -197,60 +194,50 @@ class DockerExecutor:
 
     # --- launch -------------------------------------------------------------------
 
-    def _container_config(self, job: Job) -> dict[str, Any]:
-        spec, policy = job.spec, self._policy
-        assert spec.memory_limit_mb is not None and spec.cpu_limit is not None
-        memory = spec.memory_limit_mb * 1024 * 1024
+    def _container_config(self, request: LaunchRequest) -> dict[str, Any]:
         host_config: dict[str, Any] = {
-            "Memory": memory,
+            "Memory": request.memory_bytes,
             # Equal to Memory: no swap, so an over-limit job is OOM-killed, not slowed.
-            "MemorySwap": memory,
-            "NanoCpus": round(spec.cpu_limit * 1e9),
+            "MemorySwap": request.memory_bytes,
+            "NanoCpus": round(request.cpus * 1e9),
             "Privileged": False,
-            "ReadonlyRootfs": policy.read_only_root,
+            "ReadonlyRootfs": request.read_only_root,
             # json-file keeps every line until we remove the container, whatever the
             # daemon's default driver; the logs endpoint cannot read some drivers.
             "LogConfig": {"Type": "json-file", "Config": {}},
             "Mounts": [
                 {"Type": "bind", "Source": m.source, "Target": m.target, "ReadOnly": m.read_only}
-                for m in spec.mounts
+                for m in request.mounts
             ],
         }
-        if policy.read_only_root:
+        if request.tmpfs:
             host_config["Tmpfs"] = {
-                "/tmp": f"rw,nosuid,nodev,mode=1777,size={policy.tmpfs_size_mb}m"
+                path: f"rw,nosuid,nodev,mode=1777,size={size}m"
+                for path, size in request.tmpfs.items()
             }
-        if policy.drop_capabilities:
+        if request.drop_capabilities:
             host_config["CapDrop"] = ["ALL"]
-        if policy.no_new_privileges:
+        if request.no_new_privileges:
             host_config["SecurityOpt"] = ["no-new-privileges"]
-        if policy.pids_limit is not None:
-            host_config["PidsLimit"] = policy.pids_limit
+        if request.pids_limit is not None:
+            host_config["PidsLimit"] = request.pids_limit
         config: dict[str, Any] = {
-            "Image": spec.image,
-            "Env": [f"{key}={value}" for key, value in spec.environment.items()],
-            "Labels": {
-                **spec.labels,
-                LABEL_JOB_ID: job.id,
-                LABEL_MANAGER: self._manager_id,
-                LABEL_ATTEMPT: str(job.attempts),
-            },
+            "Image": request.image,
+            "Env": [f"{key}={value}" for key, value in request.environment.items()],
+            "Labels": dict(request.labels),
+            "User": request.user,
             "Tty": False,
             "OpenStdin": False,
             "AttachStdin": False,
             "HostConfig": host_config,
         }
-        if isinstance(spec.command, str):
-            config["Cmd"] = ["/bin/sh", "-c", spec.command]
-        elif spec.command is not None:
-            config["Cmd"] = list(spec.command)
-        if spec.user is not None:
-            config["User"] = spec.user
-        if spec.working_directory is not None:
-            config["WorkingDir"] = spec.working_directory
-        if spec.networks:
-            host_config["NetworkMode"] = spec.networks[0].name
-            first = spec.networks[0]
+        if request.command is not None:
+            config["Cmd"] = list(request.command)
+        if request.working_directory is not None:
+            config["WorkingDir"] = request.working_directory
+        if request.networks:
+            first = request.networks[0]
+            host_config["NetworkMode"] = first.name
             # Before API 1.44 a create takes one endpoint; the rest are connected
             # between create and start (see launch).
             config["NetworkingConfig"] = {
@@ -258,20 +245,20 @@ class DockerExecutor:
             }
         return config
 
-    async def launch(self, job: Job, *, labels: Mapping[str, str] | None = None) -> str:
-        config = self._container_config(job)
-        config["Labels"].update(labels or {})
-        name = f"cj-{job.id}-{job.attempts}"
-        user = self._user_to_resolve(job)
-        if job.spec.pull_policy == "always":
-            await self._pull_or_raise(job.spec.image)
+    async def launch(self, request: LaunchRequest) -> str:
+        job_id = request.job_id
+        config = self._container_config(request)
+        name = f"cj-{job_id}-{request.attempt}"
+        user = self._user_to_resolve(request)
+        if request.pull_policy == "always":
+            await self._pull_or_raise(request.image)
         container_id: str | None = None
         try:
-            container_id = await self._create(job, config, name)
+            container_id = await self._create(request, config, name)
             if user is not None:
-                await self._refuse_root_in_image(job, container_id, user)
-            for net in job.spec.networks[1:]:
-                with _translate(self.name, f"connecting job {job.id} to network {net.name!r}"):
+                await self._refuse_root_in_image(request, container_id, user)
+            for net in request.networks[1:]:
+                with _translate(self.name, f"connecting job {job_id} to network {net.name!r}"):
                     await self._client._query_json(
                         f"networks/{net.name}/connect",
                         method="POST",
@@ -282,20 +269,20 @@ class DockerExecutor:
                             }
                         ),
                     )
-            with _translate(self.name, f"starting the container of job {job.id}"):
+            with _translate(self.name, f"starting the container of job {job_id}"):
                 await self._client._query_json(f"containers/{container_id}/start", method="POST")
             return container_id
         except BaseException:
             # A failed or cancelled launch leaves nothing behind. The create may have
             # reached the daemon even if we never saw its answer: look by label.
             with anyio.CancelScope(shield=True):
-                await self._remove_quietly(container_id, job.id)
+                await self._remove_quietly(container_id, job_id)
             raise
 
-    async def _create(self, job: Job, config: dict[str, Any], name: str) -> str:
-        image = job.spec.image
+    async def _create(self, request: LaunchRequest, config: dict[str, Any], name: str) -> str:
+        image = request.image
         for attempt in range(2):
-            with _translate(self.name, f"creating the container of job {job.id}"):
+            with _translate(self.name, f"creating the container of job {request.job_id}"):
                 try:
                     data = await self._client._query_json(
                         "containers/create",
@@ -308,7 +295,7 @@ class DockerExecutor:
                     missing = exc.status == 404 and "image" in exc.message.lower()
                     if not missing:
                         raise
-                    if job.spec.pull_policy == "never":
+                    if request.pull_policy == "never":
                         raise ImageNotFound(
                             f"image {image!r} not found on host {self.name!r} and "
                             f"pull_policy is 'never'"
@@ -489,44 +476,42 @@ class DockerExecutor:
 
     # --- the user a job runs as -----------------------------------------------------
 
-    def _user_to_resolve(self, job: Job) -> _users.UserSpec | None:
+    def _user_to_resolve(self, request: LaunchRequest) -> _users.UserSpec | None:
         """The job's user when root is not allowed and only the image can say who it
         is; None when it needs no look-up. Refuses a user that is root on its face."""
-        spec = job.spec
-        if self._policy.allow_root or spec.user is None:
+        if request.allow_root:
             return None
         # The submitting manager checked this too, under its own policy; the one that
         # launches applies its own, whoever wrote the store.
         try:
-            user = _users.parse_user_spec(spec.user)
+            user = _users.parse_user_spec(request.user)
         except _users.UserSpecError as exc:
-            raise InvalidJobSpec(f"user={spec.user!r} cannot be used: {exc}") from None
+            raise InvalidJobSpec(f"user={request.user!r} cannot be used: {exc}") from None
         if reason := user.root_reason():
             raise PolicyViolation(
-                f"user={spec.user!r} refused: {reason}, and the policy does not allow root "
+                f"user={request.user!r} refused: {reason}, and the policy does not allow root "
                 "(allow_root=False)"
             )
         if user.numeric:
             return None  # "uid:gid" runs as written: no call to the daemon
-        if spec.mounts:
+        if request.mounts:
             # Docker resolves the user in the image's own files, beneath the mounts,
             # while the archive endpoint reads through them (a mount on /etc, or on a
             # folder a symlink leads to, would show us other files than Docker reads).
             raise PolicyViolation(
-                f"user={spec.user!r} refused: a job with mounts must give a numeric "
+                f"user={request.user!r} refused: a job with mounts must give a numeric "
                 "user:group (such as '65534:65534') when the policy does not allow root, "
                 "as the user's name cannot be checked beneath the mounts"
             )
         return user
 
     async def _refuse_root_in_image(
-        self, job: Job, container_id: str, user: _users.UserSpec
+        self, request: LaunchRequest, container_id: str, user: _users.UserSpec
     ) -> None:
         """Resolve `user` in the created container's /etc/passwd and /etc/group as
         Docker will at start, and refuse it if it is root (launch then removes the
         container)."""
-        spec = job.spec
-        what = f"user={spec.user!r} on image {spec.image!r}"
+        what = f"user={request.user!r} on image {request.image!r}"
         passwd = await self._read_user_file(container_id, "/etc/passwd", what)
         group = await self._read_user_file(container_id, "/etc/group", what)
         try:
@@ -541,7 +526,7 @@ class DockerExecutor:
             ) from None
         _log.debug(
             "job.user_resolved",
-            job_id=job.id,
+            job_id=request.job_id,
             host=self.name,
             uid=resolved.uid,
             gid=resolved.gid,

@@ -20,8 +20,21 @@ every executor must pass, ours and yours: subclass one in your tests with a fact
 (see their docstrings). They need pytest, which is imported only when you use them.
 """
 
+from typing import Any
+
 from ._fake import FakeCluster as FakeCluster
 from ._fake import FakeExecutor as FakeExecutor
 from ._fake import FakeRun as FakeRun
 
-__all__ = ["FakeCluster", "FakeExecutor", "FakeRun"]
+__all__ = ["ExecutorContract", "FakeCluster", "FakeExecutor", "FakeRun"]
+
+# The contract suites import pytest: they are loaded only when asked for.
+_LAZY = {"ExecutorContract": "._executor_contract"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

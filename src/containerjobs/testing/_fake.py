@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import anyio
 import attrs
 
 from .._errors import ExecutorError, HostUnavailable
-from .._hosts import DockerHost
+from .._hosts import Host
 from .._models import Job, LogLine, Stream
-from .._policy import SecurityPolicy
 from ..executors._base import (
+    LABEL_MANAGER,
     LABEL_STORE,
     ContainerInfo,
     ExitStatus,
+    LaunchRequest,
     LineSink,
     OutputLine,
     PullResult,
@@ -97,20 +98,18 @@ class FakeExecutor:
 
     def __init__(
         self,
-        host: DockerHost,
-        manager_id: str,
-        policy: SecurityPolicy,
+        host: Host,
         behaviour: Behaviour,
         containers: dict[str, _Container] | None = None,
     ) -> None:
         self._host = host
-        self._manager_id = manager_id
         self._behaviour = behaviour
         self.healthy = True
         # Shared by every executor of the same host made by one cluster, as a daemon's
         # containers are shared by every client: a second manager can adopt them.
         self.containers: dict[str, _Container] = {} if containers is None else containers
         self.launched: list[Job] = []
+        self.requests: list[LaunchRequest] = []  # what each launch was asked, in order
         self.running = 0
         self.max_running = 0
 
@@ -128,7 +127,8 @@ class FakeExecutor:
         if not self.healthy:
             raise HostUnavailable(f"host {self.name!r} is down (fake)")
 
-    async def launch(self, job: Job, *, labels: Mapping[str, str] | None = None) -> str:
+    async def launch(self, request: LaunchRequest) -> str:
+        job = request.job
         await self.ping()
         run = self._behaviour(job)
         if run.launch_error is not None:
@@ -136,8 +136,11 @@ class FakeExecutor:
         container_id = f"fake{next(self._ids):012d}"
         now = datetime.now(UTC)
         lines = _lines("stdout", run.stdout, now) + _lines("stderr", run.stderr, now)
-        container = self.containers[container_id] = _Container(job, run, lines, dict(labels or {}))
+        container = self.containers[container_id] = _Container(
+            job, run, lines, dict(request.labels)
+        )
         self.launched.append(job)
+        self.requests.append(request)
         self.running += 1
         self.max_running = max(self.max_running, self.running)
 
@@ -195,7 +198,7 @@ class FakeExecutor:
             ContainerInfo(
                 container_id=cid,
                 job_id=c.job.id,
-                manager_id=self._manager_id,
+                manager_id=c.labels.get(LABEL_MANAGER),
                 store_id=c.labels.get(LABEL_STORE),
                 started=True,
                 running=c.status is None,
@@ -221,10 +224,10 @@ class FakeCluster:
         self.executors: dict[str, FakeExecutor] = {}
         self._containers: dict[str, dict[str, _Container]] = {}
 
-    def __call__(self, host: DockerHost, manager_id: str, policy: SecurityPolicy) -> FakeExecutor:
+    def __call__(self, host: Host) -> FakeExecutor:
         containers = self._containers.setdefault(host.name, {})
         executor = FakeExecutor(
-            host, manager_id, policy, lambda job: self.behaviour(job), containers
+            host, lambda job: self.behaviour(job), containers
         )
         self.executors[host.name] = executor
         return executor
