@@ -47,7 +47,7 @@ def _default_executor(host: Host) -> Executor:
 
 
 class JobManager:
-    """Runs jobs as containers on a set of Docker hosts and keeps their records.
+    """Runs jobs as containers on a set of hosts and keeps their records.
 
     Use it as an async context manager; it owns one task group, and no task it starts
     outlives it::
@@ -77,7 +77,8 @@ class JobManager:
         max_log_bytes: output kept per stream and job: past it, the first and last
             halves are kept, with a line saying what was left out between them.
         manager_id: this manager's identity in container labels and job records.
-        executor_factory: builds the executor of a host (a `FakeExecutor` in tests).
+        executor_factory: called with each host, makes the executor that speaks to
+            it; `None` means ``host.executor()``. A `FakeCluster` in tests.
     """
 
     def __init__(
