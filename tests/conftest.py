@@ -39,6 +39,7 @@ class Bed:
     registry_image: str
     registry_user: str
     registry_password: str
+    postgres_url: str  # postgresql://cjtest:...@127.0.0.1:55432/containerjobs_test
 
     def docker(self, *args: str, socket: str = LOCAL_SOCKET) -> str:
         """Run the docker CLI against a daemon of the test bed; return its stdout."""
@@ -84,6 +85,12 @@ def testbed() -> Bed:
             pytrace=False,
         )
     env = _read_env(TESTBED_ENV)
+    if "CJ_POSTGRES_URL" not in env:
+        pytest.fail(
+            f"the test bed has no PostgreSQL (no CJ_POSTGRES_URL in {TESTBED_ENV}):"
+            " run scripts/testbed up",
+            pytrace=False,
+        )
     bed = Bed(
         image=env["CJ_TEST_IMAGE"],
         tls_url=env["CJ_TLS_HOST"],
@@ -94,6 +101,7 @@ def testbed() -> Bed:
         registry_image=env["CJ_REGISTRY_IMAGE"],
         registry_user=env["CJ_REGISTRY_USER"],
         registry_password=env["CJ_REGISTRY_PASSWORD"],
+        postgres_url=env["CJ_POSTGRES_URL"],
     )
     try:
         info = json.loads(bed.docker("info", "--format", "{{json .ServerVersion}}"))
