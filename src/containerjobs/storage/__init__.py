@@ -1,8 +1,43 @@
-"""Job stores: the `Storage` protocol and the backends that ship with containerjobs."""
+"""Job stores: the `Storage` protocol, the backends that ship with containerjobs, and
+what a backend of your own needs.
+
+- The protocol: `Storage`, `StoredLine`.
+- The backends: `InMemoryStorage`, `SQLiteStorage`.
+- For writing a backend: `dump_job` and `load_job` (a job as JSON text and back);
+  `format_datetime`, `parse_datetime` and `as_utc` (times as sortable text);
+  `store_now` and `lease_expiry` (the leases' clock); `check_limit`,
+  `check_log_sequence` and `status_filter` (the argument checks every backend makes
+  the same way).
+"""
 
 from ._base import Storage as Storage
 from ._base import StoredLine as StoredLine
+from ._codec import as_utc as as_utc
+from ._codec import check_limit as check_limit
+from ._codec import check_log_sequence as check_log_sequence
+from ._codec import dump_job as dump_job
+from ._codec import format_datetime as format_datetime
+from ._codec import lease_expiry as lease_expiry
+from ._codec import load_job as load_job
+from ._codec import parse_datetime as parse_datetime
+from ._codec import status_filter as status_filter
+from ._codec import store_now as store_now
 from ._memory import InMemoryStorage as InMemoryStorage
 from ._sqlite import SQLiteStorage as SQLiteStorage
 
-__all__ = ["InMemoryStorage", "SQLiteStorage", "Storage", "StoredLine"]
+__all__ = [
+    "InMemoryStorage",
+    "SQLiteStorage",
+    "Storage",
+    "StoredLine",
+    "as_utc",
+    "check_limit",
+    "check_log_sequence",
+    "dump_job",
+    "format_datetime",
+    "lease_expiry",
+    "load_job",
+    "parse_datetime",
+    "status_filter",
+    "store_now",
+]

@@ -1,4 +1,7 @@
-"""What every storage backend shares: records to JSON and back, and argument checks.
+"""What every storage backend shares: records to JSON and back, times as text, and
+the argument checks every backend makes the same way.
+
+Public through `containerjobs.storage`, for backends written outside this package.
 
 One cattrs converter knows the few types that need help; everything else (the attrs
 records, their tuples and dicts) it walks by itself, so a field added to `Job` or
@@ -38,6 +41,7 @@ Command = str | tuple[str, ...] | None
 
 
 def as_utc(value: datetime) -> datetime:
+    """The same instant in UTC; `ValueError` for a naive datetime."""
     if value.tzinfo is None or value.utcoffset() is None:
         # Guessing a zone would silently move the instant; the library only makes
         # aware UTC datetimes, so a naive one is a bug upstream.
@@ -46,12 +50,19 @@ def as_utc(value: datetime) -> datetime:
 
 
 def format_datetime(value: datetime) -> str:
+    """An aware datetime as fixed-width UTC ISO text, which sorts as the instants do.
+
+    Such as ``"2030-01-01T00:00:00.000000+00:00"``. A naive datetime raises
+    `ValueError`.
+    """
     # Fixed width (zero-padded year, always microseconds, always +00:00), so the text
     # sorts like the instant it names: SQL can ORDER BY and compare it as a string.
     return as_utc(value).isoformat(timespec="microseconds")
 
 
 def parse_datetime(text: str) -> datetime:
+    """The aware UTC datetime of ISO text (as `format_datetime` writes it); text with
+    no offset is read as UTC."""
     value = datetime.fromisoformat(text)
     if value.tzinfo is None:
         # Only a hand-edited row can get here: read it as UTC like everything else.
@@ -89,12 +100,23 @@ converter = _make_converter()
 
 
 def dump_job(job: Job) -> str:
+    """The whole job as compact JSON text, the form every built-in store keeps.
+
+    Every field is kept; datetimes as `format_datetime` text, statuses as their
+    values, a command's list form as a JSON list and its shell form as a string.
+    """
     # ensure_ascii keeps lone surrogates (which UTF-8 cannot encode) storable as \u
     # escapes; compact separators because a store holds many of these.
     return json.dumps(converter.unstructure(job), separators=(",", ":"))
 
 
 def load_job(text: str) -> Job:
+    """The job that `dump_job` wrote, equal to the one it was given.
+
+    Keys it does not know are ignored and missing ones take their defaults, so a
+    record written by another version of containerjobs still loads. Text that does
+    not load raises `StorageError`.
+    """
     try:
         return converter.structure(json.loads(text), Job)
     except (ValueError, TypeError, cattrs.BaseValidationError) as exc:
@@ -107,6 +129,7 @@ def load_job(text: str) -> Job:
 
 
 def check_limit(limit: int | None, *, name: str = "limit") -> None:
+    """`ValueError` for a negative limit; `None` (no limit) and 0 pass."""
     # SQL reads LIMIT -1 as "no limit" and a slice reads it as "all but one": refuse it
     # everywhere so backends cannot disagree.
     if limit is not None and limit < 0:
@@ -114,6 +137,7 @@ def check_limit(limit: int | None, *, name: str = "limit") -> None:
 
 
 def store_now() -> datetime:
+    """The store's clock: now, aware, in UTC. Leases are timed with it."""
     # The clock of leases, the same in every backend. SQLite's own clock would be no
     # better: it is the clock of whichever process runs the statement. Managers on
     # several hosts sharing one file (over a network file system) therefore need
@@ -122,6 +146,8 @@ def store_now() -> datetime:
 
 
 def lease_expiry(now: datetime, ttl: float) -> datetime:
+    """When a lease renewed at `now` for `ttl` seconds runs out; `ValueError` for a
+    ttl that is not a finite number of seconds greater than 0, or is too long."""
     # A ttl of 0 or less would make a lease that is dead on arrival, and NaN one that
     # compares false with everything: both are bugs of the caller, refused alike.
     if not (math.isfinite(ttl) and ttl > 0):
@@ -133,6 +159,8 @@ def lease_expiry(now: datetime, ttl: float) -> datetime:
 
 
 def check_log_sequence(job_id: str, lines: Sequence[StoredLine], *, next_seq: int) -> None:
+    """`ValueError` unless `lines` have consecutive seq, starting at or before
+    `next_seq` (the job's `log_count`), so appending them leaves no gap."""
     # A gap would make log_count (the next seq) lie and a follower wait forever for the
     # missing line, so it is refused before anything is written. Overlap with what is
     # stored is fine: that is a retried write, and the stored lines win.
@@ -152,6 +180,7 @@ def check_log_sequence(job_id: str, lines: Sequence[StoredLine], *, next_seq: in
 
 
 def status_filter(status: JobStatus | Sequence[JobStatus] | None) -> frozenset[JobStatus] | None:
+    """The `status` argument of `Storage.list` as a set of statuses, `None` for any."""
     if status is None:
         return None
     # A JobStatus is a str and so a Sequence too: test for it first.
