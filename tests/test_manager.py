@@ -352,7 +352,8 @@ async def test_a_launch_cut_short_by_a_crash_is_requeued(cluster: FakeCluster,
     stranded = cj.Job(id="stranded", spec=cj.SecurityPolicy().apply(SPEC)).advance(
         cj.JobStatus.LAUNCHING, host="a", owner="cjm-dead", attempts=1)
     await store.create([cj.Job(id="stranded", spec=stranded.spec)])
-    assert await store.update(stranded, expected=cj.JobStatus.PENDING)
+    assert await store.compare_and_set(stranded, expected=cj.JobStatus.PENDING,
+                                       expected_owner=None)
     await store.close()
     cluster.behaviour = lambda job: FakeRun(stdout="ran\n")
     async with cj.JobManager(hosts=fake_hosts("a"), executor_factory=cluster,
@@ -375,9 +376,9 @@ class FlakyStorage(cj.InMemoryStorage):
             self.failed_writes += 1
             raise cj.StorageError("the store is down (test)")
 
-    async def take_over(self, job: cj.Job, **kwargs: object) -> bool:  # type: ignore[override]
+    async def compare_and_set(self, job: cj.Job, **kwargs: object) -> bool:  # type: ignore[override]
         self._check()
-        return await super().take_over(job, **kwargs)  # type: ignore[arg-type]
+        return await super().compare_and_set(job, **kwargs)  # type: ignore[arg-type]
 
     async def append_logs(self, job_id: str, lines: object) -> None:  # type: ignore[override]
         self._check()

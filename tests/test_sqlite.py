@@ -27,8 +27,7 @@ from containerjobs._models import EnvironmentTemplate
 from containerjobs.storage import SQLiteStorage
 from containerjobs.storage import _sqlite as sqlite_module
 from containerjobs.storage._sqlite import MIGRATIONS, SCHEMA_VERSION
-
-from .test_storage_contract import lines, make_job
+from containerjobs.testing._storage_contract import lines, make_job
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ retry, a launch that never ran) stand here once.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from contextlib import suppress
 from datetime import timedelta
 from typing import Any
@@ -21,7 +22,7 @@ from ._errors import ContainerJobsError
 from ._events import EventStream
 from ._log import Logger
 from ._models import AttemptOutcome, Job, JobEvent, JobStatus, utcnow
-from .storage import Storage
+from .storage import ChooseHost, Storage
 
 _MAX_RETRY_DELAY = 60.0
 
@@ -53,7 +54,9 @@ class StatusBoard:
         Checking the owner too means a manager whose lease lapsed, and whose job was
         adopted meanwhile, loses, instead of both writing.
         """
-        if not await self._storage.take_over(new, expected=job.status, expected_owner=job.owner):
+        if not await self._storage.compare_and_set(
+            new, expected=job.status, expected_owner=job.owner
+        ):
             raise LostRace(await self._storage.get(job.id))
         self._announce(new, job.status)
         return new
@@ -61,14 +64,17 @@ class StatusBoard:
     async def advance(self, job: Job, status: JobStatus, **changes: Any) -> Job:
         return await self.move(job, job.advance(status, **changes))
 
-    async def claim(self, job: Job, claimed: Job, *, max_active: int) -> bool:
-        """Move a pending job to launching on its host, only while the host has fewer
-        than `max_active` active jobs; False when another manager took it first or
-        the host filled up."""
-        if not await self._storage.claim(claimed, max_active=max_active):
-            return False
-        self._announce(claimed, job.status)
-        return True
+    async def claim_next(
+        self, manager_id: str, hosts: Mapping[str, int], choose: ChooseHost
+    ) -> list[Job]:
+        """Move the next pending jobs this manager may run (retries whose time has
+        come) to launching, each on the host `choose` picks among those with a free
+        slot, and tell everyone; the jobs claimed, which may be none. The store keeps
+        per-host limits between managers (`Storage.claim_next`)."""
+        claimed = await self._storage.claim_next(manager_id, hosts, choose, now=utcnow())
+        for job in claimed:
+            self._announce(job, JobStatus.PENDING)
+        return claimed
 
     async def requeue(self, job: Job, **changes: Any) -> Job:
         """Back to pending, with no host, owner or container, and nothing of the

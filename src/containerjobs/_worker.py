@@ -7,7 +7,7 @@ A client manager (``hosts=[]``) has none of this.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import anyio
 from anyio.abc import TaskGroup
@@ -18,7 +18,7 @@ from ._health import HostMonitor, HostState
 from ._hosts import Host
 from ._log import Logger
 from ._logs import LogHub
-from ._models import Job, JobStatus, utcnow
+from ._models import Job
 from ._policy import SecurityPolicy
 from ._ratelimit import RepeatLimiter
 from ._reconcile import Reconciler
@@ -164,41 +164,25 @@ class Worker:
     async def _dispatch_once(self) -> None:
         if not self._accepting:
             return
-        active = await self._storage.count_active()
-        usable = self.monitor.usable()
-        free = sum(max(0, s.host.max_concurrent_jobs - active.get(s.name, 0)) for s in usable)
-        if free == 0:
+        usable = {state.name: state for state in self.monitor.usable()}
+        if not usable:
             return
-        now = utcnow()
-        # Read past the free slots: jobs pinned to a full host must not block others.
-        for job in await self._storage.pending(limit=free * 4 + 16):
-            if job.retry_at is not None and job.retry_at > now:
-                continue  # the periodic round picks it up when its time comes
-            candidates = [
-                HostLoad(s.host, active.get(s.name, 0))
-                for s in usable
-                if (job.spec.host is None or job.spec.host == s.name)
-                and active.get(s.name, 0) < s.host.max_concurrent_jobs
-            ]
-            if not candidates:
-                continue
-            choice = self._strategy.select(job, candidates)
-            if choice is None:
-                continue
+
+        def choose(job: Job, loads: Mapping[str, int]) -> str | None:
+            # Called by the store inside its atomic step, for each pending job that
+            # has a host with a free slot; the strategy chooses among those.
             if not self._accepting:
-                return  # closing: take no more work
-            claimed = job.advance(
-                JobStatus.LAUNCHING,
-                host=choice.host.name,
-                owner=self._manager_id,
-                attempts=job.attempts + 1,
-            )
-            if not await self._board.claim(
-                job, claimed, max_active=choice.host.max_concurrent_jobs
-            ):
-                continue  # another manager took it, or the host filled up meanwhile
-            active[choice.host.name] = active.get(choice.host.name, 0) + 1
-            self.start_run(claimed, self.monitor[choice.host.name])
+                return None  # closing: take no more work
+            candidates = [HostLoad(usable[name].host, running) for name, running in loads.items()]
+            choice = self._strategy.select(job, candidates)
+            return None if choice is None else choice.host.name
+
+        # The store counts the slots in use, skips retries not yet due and jobs
+        # pinned to a full host (so they block no others), and claims what fits.
+        hosts = {name: state.host.max_concurrent_jobs for name, state in usable.items()}
+        for job in await self._board.claim_next(self._manager_id, hosts, choose):
+            assert job.host is not None  # claimed jobs have one
+            self.start_run(job, usable[job.host])
 
     async def _cancel_request_loop(self) -> None:
         # A cancel asked through another manager arrives as a flag in the store: one

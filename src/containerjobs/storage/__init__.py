@@ -1,17 +1,23 @@
 """Job stores: the `Storage` protocol, the backends that ship with containerjobs, and
 what a backend of your own needs.
 
-- The protocol: `Storage`, `StoredLine`.
+- The protocol: `Storage`, `StoredLine`, `ChooseHost`.
 - The backends: `InMemoryStorage`, `SQLiteStorage`.
-- For writing a backend: `dump_job` and `load_job` (a job as JSON text and back);
+- For writing a backend: `ClaimRound` and `dispatch_order` (the rules of
+  `Storage.claim_next`); `dump_job` and `load_job` (a job as JSON text and back);
   `format_datetime`, `parse_datetime` and `as_utc` (times as sortable text);
   `store_now` and `lease_expiry` (the leases' clock); `check_limit`,
   `check_log_sequence` and `status_filter` (the argument checks every backend makes
   the same way).
+
+`containerjobs.testing.StorageContract` is the suite a backend's tests subclass.
 """
 
+from ._base import ChooseHost as ChooseHost
 from ._base import Storage as Storage
 from ._base import StoredLine as StoredLine
+from ._claim import ClaimRound as ClaimRound
+from ._claim import dispatch_order as dispatch_order
 from ._codec import as_utc as as_utc
 from ._codec import check_limit as check_limit
 from ._codec import check_log_sequence as check_log_sequence
@@ -26,6 +32,8 @@ from ._memory import InMemoryStorage as InMemoryStorage
 from ._sqlite import SQLiteStorage as SQLiteStorage
 
 __all__ = [
+    "ChooseHost",
+    "ClaimRound",
     "InMemoryStorage",
     "SQLiteStorage",
     "Storage",
@@ -33,6 +41,7 @@ __all__ = [
     "as_utc",
     "check_limit",
     "check_log_sequence",
+    "dispatch_order",
     "dump_job",
     "format_datetime",
     "lease_expiry",

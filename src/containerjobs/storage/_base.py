@@ -2,22 +2,40 @@
 leases of the managers sharing them live.
 
 A store is the single source of truth for a job's status. The manager never keeps a
-status only in memory: every change goes through `Storage.update`, a compare-and-set
-on the status the caller last saw, so two managers (or two tasks) racing on the same
-job cannot both win. Every backend must pass the contract suite in
-``tests/test_storage_contract.py``.
+status only in memory, and every write of a job is one of two atomic operations:
+
+- `Storage.claim_next` moves pending jobs to launching, placing each on a host with a
+  free slot, so that managers sharing the store never exceed a host's limit nor run a
+  job twice;
+- `Storage.compare_and_set` writes a job whole if its status and owner still are the
+  ones the caller saw, so two managers (or two tasks) racing on a job cannot both win.
+
+Anyone may write a backend: `containerjobs.storage` exports the helpers the built-in
+backends use (record encoding, argument checks, `ClaimRound`), and
+`containerjobs.testing.StorageContract` is the behaviour suite every backend must
+pass, ours included.
 """
 
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeAlias, runtime_checkable
 
 import attrs
 
 from .._models import EnvironmentTemplate, Job, JobStatus, LogLine
+
+ChooseHost: TypeAlias = Callable[[Job, Mapping[str, int]], str | None]
+"""How `Storage.claim_next` asks the manager where a job goes.
+
+Called with a pending job and its candidates: the offered hosts that have a free slot
+and that the job may use, each with how many jobs are launching or running there now,
+in the order the hosts were offered. Returns one of the candidates' names, or `None`
+to leave the job pending for now. It runs inside the store's atomic step, so it must
+be quick, must not block and must not call the store.
+"""
 
 
 @attrs.frozen
@@ -36,8 +54,14 @@ class StoredLine:
 class Storage(Protocol):
     """A job store. All methods are coroutines safe to call from many tasks at once.
 
-    Errors of the underlying driver are raised as `StorageError`; an unknown job id
-    as `JobNotFound`; an unknown template name as `TemplateNotFound`.
+    Errors of the underlying driver are raised as `StorageError` (with the driver's
+    error as the cause); an unknown job id as `JobNotFound`; an unknown template name
+    as `TemplateNotFound`; a bad argument (a negative limit, a naive datetime) as
+    `ValueError`. No method blocks the event loop.
+
+    The methods fall in four groups: jobs, their log lines, the leases of the managers
+    sharing the store, and environment templates. What each promises is checked by
+    `containerjobs.testing.StorageContract`.
     """
 
     @property
@@ -67,7 +91,8 @@ class Storage(Protocol):
     # --- jobs -------------------------------------------------------------------
 
     async def create(self, jobs: Sequence[Job]) -> None:
-        """Store new jobs, all or none (one transaction)."""
+        """Store new jobs, all or none (one transaction); an id already stored, or
+        repeated in `jobs`, raises `StorageError` and stores none of them."""
         ...
 
     async def get(self, job_id: str) -> Job:
@@ -84,35 +109,71 @@ class Storage(Protocol):
         """Jobs, newest first (by `created_at`, then id), filtered by status and host."""
         ...
 
-    async def pending(self, limit: int) -> builtins.list[Job]:
-        """Pending jobs in dispatch order: highest `spec.priority` first, then oldest."""
-        ...
+    async def compare_and_set(
+        self, job: Job, *, expected: JobStatus, expected_owner: str | None
+    ) -> bool:
+        """Write `job` whole, only if the stored job's status is `expected` and its
+        owner is `expected_owner`; return whether the write happened.
 
-    async def update(self, job: Job, *, expected: JobStatus) -> bool:
-        """Write `job` whole, only if the stored status still is `expected`.
-
-        Returns whether the write happened. This is how every status change is made
-        atomic: claiming a pending job is ``update(job.advance(LAUNCHING, ...),
-        expected=PENDING)``; exactly one of several racing callers gets ``True``.
+        Both checks and the write are one atomic step: of several callers racing to
+        change the same job from what they saw, exactly one gets `True`. `None` as
+        `expected_owner` matches a job with no owner, and only such a job (it is no
+        wildcard). Every status change after the claim is made this way, with the
+        status and owner of the record the caller read: a progress write that keeps
+        the status, an end, a cancel, a manager adopting the job of a manager whose
+        lease ran out (writing itself as owner, expecting the dead one), and a
+        manager whose own lease lapsed losing to the one that adopted its job.
         Raises `JobNotFound` when the job is gone.
         """
         ...
 
-    async def take_over(self, job: Job, *, expected: JobStatus, expected_owner: str | None) -> bool:
-        """Like `update`, but only if the stored owner also still is `expected_owner`.
+    async def claim_next(
+        self,
+        manager_id: str,
+        hosts: Mapping[str, int],
+        choose: ChooseHost,
+        *,
+        now: datetime,
+        limit: int | None = None,
+    ) -> builtins.list[Job]:
+        """Hand the manager `manager_id` the next pending jobs it may run, each
+        already moved to launching on a host; return them in the order claimed.
 
-        `None` matches a job that has no owner (and only such a job). This is how a
-        manager adopts a job of a manager whose lease has run out: it writes the job
-        with itself as ``owner``, expecting the status it saw and the dead owner's
-        id, and exactly one of several racing adopters gets ``True``. Raises
-        `JobNotFound` when the job is gone.
+        `hosts` are the hosts the manager may place jobs on now (its healthy, active
+        ones), each with its ``max_concurrent_jobs``, in the manager's order. The store
+        counts the jobs launching or running on each host itself, whoever owns them;
+        a host's free slots are its maximum less that count.
+
+        In one atomic step, the store walks the pending jobs in dispatch order
+        (highest ``spec.priority`` first, then oldest ``created_at``, then id) and,
+        for each job:
+
+        1. skips it while its ``retry_at`` is after `now`;
+        2. makes its candidates: the offered hosts with a free slot, only the one
+           named by ``spec.host`` when the job is pinned; it skips the job when there
+           are none (a job pinned to a full, unhealthy or unknown host waits, and
+           does not hold back the jobs behind it);
+        3. calls ``choose(job, candidates)`` (see `ChooseHost`), where candidates maps
+           each candidate's name to its active count at that moment, in the order of
+           `hosts`; `None` skips the job, and a name that is not a candidate raises
+           `ValueError`;
+        4. writes the job as ``job.advance(LAUNCHING, host=choice, owner=manager_id,
+           attempts=job.attempts + 1)``, nothing else changed, and counts it on its host
+           for the jobs after it.
+
+        It stops when `limit` jobs are claimed (no limit when `None`), when no offered
+        host has a free slot left, or at the end of the queue. The host choice stays
+        the manager's (its `HostSelectionStrategy` behind `choose`); the store owns the
+        counting, the order and the atomicity, so per-host limits hold between all the
+        managers sharing the store, and several managers calling at once each get
+        other jobs rather than racing for the head of the queue. An error (of
+        `choose`, a refused choice, a failed write) claims nothing: the step is undone.
+
+        `now` must be aware. `ClaimRound` runs steps 1 to 4 for a backend: SQLite runs
+        it in one ``BEGIN IMMEDIATE`` transaction, the in-memory store with no await
+        in it, and a server database can feed it the rows of ``SELECT ... FOR UPDATE
+        SKIP LOCKED``.
         """
-        ...
-
-    async def claim(self, job: Job, *, max_active: int) -> bool:
-        """Like `update` from PENDING, and only while fewer than `max_active` jobs are
-        launching or running on ``job.host``; both checks and the write are one atomic
-        step, so per-host limits hold across processes sharing the store."""
         ...
 
     async def active_jobs(self, *, owner: str | None = None) -> builtins.list[Job]:
@@ -124,7 +185,7 @@ class Storage(Protocol):
         ...
 
     async def count_active(self) -> dict[str, int]:
-        """How many jobs are launching or running, per host name."""
+        """How many jobs are launching or running, per host name (hosts with none left out)."""
         ...
 
     async def count_by_status(self) -> dict[JobStatus, int]:
@@ -136,14 +197,15 @@ class Storage(Protocol):
         ...
 
     async def finished_before(self, when: datetime, limit: int | None = None) -> builtins.list[str]:
-        """Ids of terminal jobs completed before `when`."""
+        """Ids of terminal jobs completed before `when`, oldest completion first."""
         ...
 
     # --- logs -------------------------------------------------------------------
 
     async def append_logs(self, job_id: str, lines: Sequence[StoredLine]) -> None:
         """Append lines; their `seq` continue the job's sequence with no gap. Writing a
-        `seq` that is already stored is ignored, so a retried write does not double."""
+        `seq` that is already stored is ignored, so a retried write does not double.
+        A gap raises `ValueError` and writes nothing; an unknown job, `JobNotFound`."""
         ...
 
     async def read_logs(
@@ -156,20 +218,12 @@ class Storage(Protocol):
         """How many lines are stored for the job (the next `seq` to write)."""
         ...
 
-    async def last_logs(self, job_id: str, count: int) -> builtins.list[StoredLine]:
-        """The last `count` stored lines of the job (fewer if it has fewer), in order.
-
-        For resuming a log stream: the last line's timestamp and how many of these
-        lines share it tell where to pick up. An unknown job has none; a negative
-        `count` raises `ValueError`.
-        """
-        ...
-
     # --- manager leases ---------------------------------------------------------
     #
     # A manager sharing the store with others renews its lease well within the ttl
     # for as long as it runs; one whose lease has run out is taken for dead, and the
-    # others may adopt its jobs with `take_over`. Times come from the store's clock.
+    # others may adopt its jobs with `compare_and_set`. Times come from the store's
+    # clock (`store_now`).
 
     async def renew_lease(self, manager_id: str, ttl: float, *, info: str = "") -> None:
         """Create the manager's lease, or set it anew, to expire `ttl` seconds from now.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
@@ -13,7 +13,8 @@ from anyio.lowlevel import checkpoint
 
 from .._errors import JobNotFound, StorageError, TemplateNotFound
 from .._models import EnvironmentTemplate, Job, JobStatus
-from ._base import StoredLine
+from ._base import ChooseHost, StoredLine
+from ._claim import ClaimRound, dispatch_order
 from ._codec import (
     as_utc,
     check_limit,
@@ -109,24 +110,9 @@ class InMemoryStorage:
         found.sort(key=_newest_first, reverse=True)
         return found if limit is None else found[:limit]
 
-    async def pending(self, limit: int) -> builtins.list[Job]:
-        await checkpoint()
-        check_limit(limit)
-        found = [job for job in self._jobs.values() if job.status is JobStatus.PENDING]
-        found.sort(key=lambda job: (-job.spec.priority, job.created_at, job.id))
-        return found[:limit]
-
-    async def update(self, job: Job, *, expected: JobStatus) -> bool:
-        await checkpoint()
-        current = self._jobs.get(job.id)
-        if current is None:
-            raise JobNotFound(f"no job with id {job.id!r}")
-        if current.status is not expected:
-            return False
-        self._jobs[job.id] = job
-        return True
-
-    async def take_over(self, job: Job, *, expected: JobStatus, expected_owner: str | None) -> bool:
+    async def compare_and_set(
+        self, job: Job, *, expected: JobStatus, expected_owner: str | None
+    ) -> bool:
         await checkpoint()
         current = self._jobs.get(job.id)
         if current is None:
@@ -136,22 +122,36 @@ class InMemoryStorage:
         self._jobs[job.id] = job
         return True
 
-    async def claim(self, job: Job, *, max_active: int) -> bool:
+    async def claim_next(
+        self,
+        manager_id: str,
+        hosts: Mapping[str, int],
+        choose: ChooseHost,
+        *,
+        now: datetime,
+        limit: int | None = None,
+    ) -> builtins.list[Job]:
         await checkpoint()
-        if job.host is None:
-            raise ValueError(f"cannot claim job {job.id!r} without a host to count against")
-        current = self._jobs.get(job.id)
-        if current is None:
-            raise JobNotFound(f"no job with id {job.id!r}")
-        if current.status is not JobStatus.PENDING:
-            return False
-        active = sum(
-            1 for other in self._jobs.values() if other.host == job.host and other.status in _ACTIVE
+        # From here to the end no await: the count, the choices and the writes are
+        # one atomic step. The writes wait until the round is over, so an error
+        # raised by `choose` claims nothing.
+        active = Counter(
+            job.host
+            for job in self._jobs.values()
+            if job.status in _ACTIVE and job.host is not None
         )
-        if active >= max_active:
-            return False
-        self._jobs[job.id] = job
-        return True
+        round_ = ClaimRound(manager_id, hosts, choose, active=active, now=now, limit=limit)
+        if round_.done:
+            return []
+        queue = [job for job in self._jobs.values() if job.status is JobStatus.PENDING]
+        queue.sort(key=dispatch_order)
+        for job in queue:
+            if round_.done:
+                break
+            round_.offer(job)
+        for claimed in round_.claimed:
+            self._jobs[claimed.id] = claimed
+        return round_.claimed
 
     async def active_jobs(self, *, owner: str | None = None) -> builtins.list[Job]:
         await checkpoint()
@@ -230,13 +230,6 @@ class InMemoryStorage:
     async def log_count(self, job_id: str) -> int:
         await checkpoint()
         return len(self._logs.get(job_id, ()))
-
-    async def last_logs(self, job_id: str, count: int) -> builtins.list[StoredLine]:
-        await checkpoint()
-        check_limit(count, name="count")
-        stored = self._logs.get(job_id, [])
-        # Not stored[-count:]: with count == 0 that slice is the whole list.
-        return stored[max(len(stored) - count, 0) :]
 
     # --- manager leases ---------------------------------------------------------
 

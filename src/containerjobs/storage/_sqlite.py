@@ -6,7 +6,7 @@ import builtins
 import contextlib
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -15,8 +15,10 @@ import anyio
 
 from .._errors import JobNotFound, StorageError, TemplateNotFound
 from .._models import EnvironmentTemplate, Job, JobStatus, LogLine
-from ._base import StoredLine
+from ._base import ChooseHost, StoredLine
+from ._claim import ClaimRound
 from ._codec import (
+    as_utc,
     check_limit,
     check_log_sequence,
     dump_job,
@@ -49,8 +51,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             record       TEXT NOT NULL
         )
         """,
-        # priority DESC in the index matches pending()'s ORDER BY exactly, so the
-        # dispatcher reads the queue in index order without sorting.
+        # priority DESC in the index matches the queue's ORDER BY (claim_next's)
+        # exactly, so the queue is read in index order without sorting.
         "CREATE INDEX jobs_by_dispatch ON jobs (status, priority DESC, created_at, id)",
         "CREATE INDEX jobs_by_host ON jobs (host, status)",
         "CREATE INDEX jobs_by_created ON jobs (created_at, id)",
@@ -100,6 +102,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ))
         """,
     ),
+    (
+        # claim_next filters the queue on these in SQL, so that jobs pinned to a full
+        # host, or waiting to be retried, cost no decoding of their record however
+        # many there are. Copies of the record's spec.host and retry_at, like the
+        # other columns beside it; retry_at is fixed-width UTC text as they are.
+        "ALTER TABLE jobs ADD COLUMN pinned_host TEXT",
+        "ALTER TABLE jobs ADD COLUMN retry_at TEXT",
+        # The record holds them as JSON already (a JSON null becomes NULL).
+        """
+        UPDATE jobs SET pinned_host = json_extract(record, '$.spec.host'),
+                        retry_at = json_extract(record, '$.retry_at')
+        """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -122,8 +137,8 @@ _BIRTH_POLL_SECONDS = 0.1
 _HEALTH_READS = (
     (
         "table jobs",
-        "SELECT id, status, host, owner, priority, created_at, completed_at, record"
-        " FROM jobs LIMIT 1",
+        "SELECT id, status, host, owner, priority, created_at, completed_at, pinned_host,"
+        " retry_at, record FROM jobs LIMIT 1",
     ),
     ("a job by its id", "SELECT record FROM jobs WHERE id = ''"),
     (
@@ -142,24 +157,46 @@ _HEALTH_READS = (
 _ACTIVE_SQL = "(" + ", ".join(f"'{s.value}'" for s in JobStatus if s.is_active) + ")"
 _TERMINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in JobStatus if s.is_terminal) + ")"
 
-_SET_JOB = (
-    "status = ?, host = ?, owner = ?, priority = ?, created_at = ?, completed_at = ?, record = ?"
+_COLUMNS = (
+    "status",
+    "host",
+    "owner",
+    "priority",
+    "created_at",
+    "completed_at",
+    "pinned_host",
+    "retry_at",
+    "record",
 )
+_SET_JOB = ", ".join(f"{column} = ?" for column in _COLUMNS)
+_INSERT_JOB = (
+    f"INSERT INTO jobs (id, {', '.join(_COLUMNS)}) VALUES (?, {', '.join('?' * len(_COLUMNS))})"
+)
+# How many pending rows claim_next reads at a time. It stops at the first page that
+# fills every free slot, the usual case; more pages are read only past jobs that no
+# free host may take.
+_CLAIM_PAGE = 64
 
 # What the driver raises: its own errors, plus the two it raises while binding a value
 # SQLite cannot hold (an int beyond 64 bits, a str with lone surrogates).
 _DRIVER_ERRORS = (sqlite3.Error, OverflowError, UnicodeEncodeError)
 
 
+def _optional_datetime(value: datetime | None) -> str | None:
+    return None if value is None else format_datetime(value)
+
+
 def _job_columns(job: Job) -> tuple[Any, ...]:
-    # In the order of _SET_JOB.
+    # In the order of _COLUMNS.
     return (
         job.status.value,
         job.host,
         job.owner,
         job.spec.priority,
         format_datetime(job.created_at),
-        None if job.completed_at is None else format_datetime(job.completed_at),
+        _optional_datetime(job.completed_at),
+        job.spec.host,
+        _optional_datetime(job.retry_at),
         dump_job(job),
     )
 
@@ -435,11 +472,7 @@ class SQLiteStorage:
         action = f"creating {len(rows)} job(s) ({named})"
         async with self._transaction(action) as db:
             # A duplicate id (stored or within `jobs`) fails the whole transaction.
-            await db.executemany(
-                "INSERT INTO jobs (id, status, host, owner, priority, created_at,"
-                " completed_at, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            await db.executemany(_INSERT_JOB, rows)
 
     async def get(self, job_id: str) -> Job:
         async with self._connection(f"reading job {job_id!r}") as db:
@@ -480,32 +513,13 @@ class SQLiteStorage:
             rows = await db.execute_fetchall(sql, params)
         return [load_job(row[0]) for row in rows]
 
-    async def pending(self, limit: int) -> builtins.list[Job]:
-        check_limit(limit)
-        async with self._connection("reading pending jobs") as db:
-            rows = await db.execute_fetchall(
-                "SELECT record FROM jobs WHERE status = ?"
-                " ORDER BY priority DESC, created_at, id LIMIT ?",
-                (JobStatus.PENDING.value, limit),
-            )
-        return [load_job(row[0]) for row in rows]
-
-    async def update(self, job: Job, *, expected: JobStatus) -> bool:
+    async def compare_and_set(
+        self, job: Job, *, expected: JobStatus, expected_owner: str | None
+    ) -> bool:
         columns = _job_columns(job)
-        async with self._connection(f"updating job {job.id!r}") as db:
-            cursor = await db.execute(
-                f"UPDATE jobs SET {_SET_JOB} WHERE id = ? AND status = ?",
-                (*columns, job.id, expected.value),
-            )
-            if cursor.rowcount == 1:
-                return True
-            await self._require_job(db, job.id)
-            return False
-
-    async def take_over(self, job: Job, *, expected: JobStatus, expected_owner: str | None) -> bool:
-        columns = _job_columns(job)
-        async with self._connection(f"taking over job {job.id!r}") as db:
-            # IS, not =: "owner = NULL" is never true, and None must match no owner.
+        async with self._connection(f"writing job {job.id!r}") as db:
+            # One statement, so atomic across processes. IS, not =: "owner = NULL" is
+            # never true, and None must match no owner.
             cursor = await db.execute(
                 f"UPDATE jobs SET {_SET_JOB} WHERE id = ? AND status = ? AND owner IS ?",
                 (*columns, job.id, expected.value, expected_owner),
@@ -515,23 +529,42 @@ class SQLiteStorage:
             await self._require_job(db, job.id)
             return False
 
-    async def claim(self, job: Job, *, max_active: int) -> bool:
-        if job.host is None:
-            raise ValueError(f"cannot claim job {job.id!r} without a host to count against")
-        columns = _job_columns(job)
-        async with self._connection(f"claiming job {job.id!r}") as db:
-            # One statement, so one SQLite transaction: the count and the write cannot
-            # be split by another process's claim, which keeps per-host limits exact.
-            cursor = await db.execute(
-                f"UPDATE jobs SET {_SET_JOB} WHERE id = ? AND status = ?"
-                f" AND (SELECT COUNT(*) FROM jobs WHERE host = ? AND status IN {_ACTIVE_SQL})"
-                " < ?",
-                (*columns, job.id, JobStatus.PENDING.value, job.host, max_active),
+    async def claim_next(
+        self,
+        manager_id: str,
+        hosts: Mapping[str, int],
+        choose: ChooseHost,
+        *,
+        now: datetime,
+        limit: int | None = None,
+    ) -> builtins.list[Job]:
+        check_limit(limit)
+        as_utc(now)  # refused before anything, as ClaimRound would
+        if not hosts or limit == 0:
+            return []  # nothing could be claimed: take no write lock for it
+        async with self._transaction("claiming pending jobs") as db:
+            # The count and the writes are in one write transaction, so no other
+            # process's claim can come between them: per-host limits stay exact.
+            round_ = ClaimRound(
+                manager_id, hosts, choose, active=await _count_active(db), now=now, limit=limit
             )
-            if cursor.rowcount == 1:
-                return True
-            await self._require_job(db, job.id)
-            return False
+            after: tuple[int, str, str] | None = None
+            while not round_.done:
+                rows = list(await _pending_page(db, round_.open_hosts(), now, after))
+                for priority, created_at, job_id, record in rows:
+                    after = (priority, created_at, job_id)
+                    claimed = round_.offer(load_job(record))
+                    if claimed is not None:
+                        # Read as pending under this write lock: no status check needed.
+                        await db.execute(
+                            f"UPDATE jobs SET {_SET_JOB} WHERE id = ?",
+                            (*_job_columns(claimed), claimed.id),
+                        )
+                    if round_.done:
+                        break
+                if len(rows) < _CLAIM_PAGE:
+                    break  # the end of the queue
+        return round_.claimed
 
     async def _require_job(self, db: aiosqlite.Connection, job_id: str) -> None:
         rows = await db.execute_fetchall("SELECT 1 FROM jobs WHERE id = ?", (job_id,))
@@ -553,11 +586,7 @@ class SQLiteStorage:
 
     async def count_active(self) -> dict[str, int]:
         async with self._connection("counting active jobs") as db:
-            rows = await db.execute_fetchall(
-                "SELECT host, COUNT(*) FROM jobs"
-                f" WHERE status IN {_ACTIVE_SQL} AND host IS NOT NULL GROUP BY host"
-            )
-        return {host: count for host, count in rows}
+            return await _count_active(db)
 
     async def count_by_status(self) -> dict[JobStatus, int]:
         async with self._connection("counting jobs") as db:
@@ -642,19 +671,6 @@ class SQLiteStorage:
     async def log_count(self, job_id: str) -> int:
         async with self._connection(f"counting logs of job {job_id!r}") as db:
             return await _next_seq(db, job_id)
-
-    async def last_logs(self, job_id: str, count: int) -> builtins.list[StoredLine]:
-        check_limit(count, name="count")
-        async with self._connection(f"reading the last logs of job {job_id!r}") as db:
-            # Backwards down the primary key from the job's last line, then turned round.
-            rows = await db.execute_fetchall(
-                "SELECT seq, stream, ts, text FROM logs WHERE job_id = ? ORDER BY seq DESC LIMIT ?",
-                (job_id, count),
-            )
-        return [
-            StoredLine(seq, LogLine(stream, text, parse_datetime(ts)))
-            for seq, stream, ts, text in reversed(list(rows))
-        ]
 
     # --- manager leases ---------------------------------------------------------
 
@@ -769,6 +785,42 @@ async def _next_seq(db: aiosqlite.Connection, job_id: str) -> int:
         )
     )
     return int(rows[0][0])
+
+
+async def _count_active(db: aiosqlite.Connection) -> dict[str, int]:
+    rows = await db.execute_fetchall(
+        "SELECT host, COUNT(*) FROM jobs"
+        f" WHERE status IN {_ACTIVE_SQL} AND host IS NOT NULL GROUP BY host"
+    )
+    return {host: count for host, count in rows}
+
+
+async def _pending_page(
+    db: aiosqlite.Connection,
+    open_hosts: Sequence[str],
+    now: datetime,
+    after: tuple[int, str, str] | None,
+) -> Iterable[Any]:
+    # The next pending jobs in dispatch order that some open host may take now:
+    # retries whose time has come, jobs pinned to no host or to an open one. Read
+    # after the last row of the previous page (in the queue's order, by the columns
+    # of the index), so a job skipped in this round is not read again.
+    sql = (
+        "SELECT priority, created_at, id, record FROM jobs"
+        " WHERE status = ? AND (retry_at IS NULL OR retry_at <= ?)"
+        f" AND (pinned_host IS NULL OR pinned_host IN ({', '.join('?' * len(open_hosts))}))"
+    )
+    params: builtins.list[Any] = [JobStatus.PENDING.value, format_datetime(now), *open_hosts]
+    if after is not None:
+        priority, created_at, job_id = after
+        sql += (
+            " AND (priority < ? OR (priority = ? AND"
+            " (created_at > ? OR (created_at = ? AND id > ?))))"
+        )
+        params += [priority, priority, created_at, created_at, job_id]
+    sql += " ORDER BY priority DESC, created_at, id LIMIT ?"
+    params.append(_CLAIM_PAGE)
+    return await db.execute_fetchall(sql, params)
 
 
 async def _close_quietly(db: aiosqlite.Connection) -> None:

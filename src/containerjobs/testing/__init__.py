@@ -20,16 +20,25 @@ every executor must pass, ours and yours: subclass one in your tests with a fact
 (see their docstrings). They need pytest, which is imported only when you use them.
 """
 
+import sys
 from typing import Any
 
 from ._fake import FakeCluster as FakeCluster
 from ._fake import FakeExecutor as FakeExecutor
 from ._fake import FakeRun as FakeRun
 
-__all__ = ["ExecutorContract", "FakeCluster", "FakeExecutor", "FakeRun"]
+__all__ = ["ExecutorContract", "FakeCluster", "FakeExecutor", "FakeRun", "StorageContract"]
 
 # The contract suites import pytest: they are loaded only when asked for.
-_LAZY = {"ExecutorContract": "._executor_contract"}
+_LAZY = {
+    "ExecutorContract": "._executor_contract",
+    "StorageContract": "._storage_contract",
+}
+
+# Under pytest, have it rewrite the suites' asserts, so that a failing check shows the
+# values it compared: pytest rewrites only modules registered before their import.
+if "pytest" in sys.modules:
+    sys.modules["pytest"].register_assert_rewrite(*(__name__ + m for m in _LAZY.values()))
 
 
 def __getattr__(name: str) -> Any:
