@@ -256,7 +256,7 @@ STORAGE_CALLS: list[tuple[str, float]] = []
 
 def _instrument_storage(storage: Any) -> None:
     """Count and time the store's calls (on this instance only)."""
-    for name in ("create", "get", "update", "claim", "pending", "count_active", "log_count",
+    for name in ("create", "get", "compare_and_set", "claim_next", "count_active", "log_count",
                  "append_logs", "read_logs"):
         orig = getattr(storage, name)
 

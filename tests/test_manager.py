@@ -464,3 +464,23 @@ async def test_a_failure_that_repeats_is_logged_once_and_its_end_once(
     assert events.count("logs.flush_recovered") == 1
     assert all(job.stdout.count("\n") == 50 for job in done)
     assert all(len(lines) == 50 for lines in stored)  # nothing lost meanwhile
+
+
+class _Elsewhere:
+    """A strategy with a bug: it picks a host that was not offered."""
+
+    def select(self, job: cj.Job, candidates: object) -> cj.HostLoad:
+        return cj.HostLoad(cj.DockerHost("nowhere", "unix:///nowhere.sock"), 0)
+
+
+async def test_a_strategy_that_picks_a_host_not_offered_stops_nothing(
+    cluster: FakeCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with cj.JobManager(hosts=fake_hosts("a"), executor_factory=cluster,
+                             strategy=_Elsewhere()) as manager:
+        job = await manager.submit(SPEC)
+        with pytest.raises(TimeoutError):
+            await manager.wait(job.id, timeout=0.5)
+        assert (await manager.get(job.id)).status is cj.JobStatus.PENDING
+        assert (await manager.health())["a"].healthy  # the manager still works
+    assert any(getattr(r, "event", "") == "dispatch.bad_choice" for r in caplog.records)

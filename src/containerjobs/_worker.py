@@ -175,7 +175,19 @@ class Worker:
                 return None  # closing: take no more work
             candidates = [HostLoad(usable[name].host, running) for name, running in loads.items()]
             choice = self._strategy.select(job, candidates)
-            return None if choice is None else choice.host.name
+            if choice is None:
+                return None
+            if choice.host.name not in loads:
+                # A strategy's bug must not stop dispatching: the job waits, and says why.
+                self._repeats.report(
+                    self._log.error,
+                    "dispatch.bad_choice",
+                    job_id=job.id,
+                    host=choice.host.name,
+                    error="the strategy chose a host that was not a candidate",
+                )
+                return None
+            return choice.host.name
 
         # The store counts the slots in use, skips retries not yet due and jobs
         # pinned to a full host (so they block no others), and claims what fits.
