@@ -484,3 +484,67 @@ async def test_a_strategy_that_picks_a_host_not_offered_stops_nothing(
         assert (await manager.get(job.id)).status is cj.JobStatus.PENDING
         assert (await manager.health())["a"].healthy  # the manager still works
     assert any(getattr(r, "event", "") == "dispatch.bad_choice" for r in caplog.records)
+
+
+class _Reporting(cj.InMemoryStorage):
+    """One store shared by two managers, reporting its writes as a store with
+    LISTEN/NOTIFY does (PostgreSQL): the optional `changes` capability."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._listeners: list[tuple[list[tuple[str, cj.JobStatus, cj.JobStatus | None]],
+                                    list[anyio.Event]]] = []
+
+    def _report(self, job: cj.Job, previous: cj.JobStatus | None) -> None:
+        for queue, wakeup in self._listeners:
+            queue.append((job.id, job.status, previous))
+            wakeup[0].set()
+
+    async def create(self, jobs):  # type: ignore[no-untyped-def]
+        await super().create(jobs)
+        for job in jobs:
+            self._report(job, None)
+
+    async def compare_and_set(self, job, *, expected, expected_owner):  # type: ignore[no-untyped-def]
+        done = await super().compare_and_set(job, expected=expected, expected_owner=expected_owner)
+        if done:
+            self._report(job, expected)
+        return done
+
+    async def claim_next(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        claimed = await super().claim_next(*args, **kwargs)
+        for job in claimed:
+            self._report(job, cj.JobStatus.PENDING)
+        return claimed
+
+    async def changes(self):  # type: ignore[no-untyped-def]
+        queue: list[tuple[str, cj.JobStatus, cj.JobStatus | None]] = []
+        wakeup = [anyio.Event()]
+        self._listeners.append((queue, wakeup))
+        while True:
+            while queue:
+                yield queue.pop(0)
+            wakeup[0] = anyio.Event()
+            await wakeup[0].wait()
+
+
+async def test_a_client_hears_of_changes_other_managers_make(cluster: FakeCluster) -> None:
+    store = _Reporting()
+    cluster.behaviour = lambda job: FakeRun(stdout="done\n", duration=0.2)
+    async with cj.JobManager(hosts=[], storage=store) as client, cj.JobManager(
+        hosts=fake_hosts("a"), executor_factory=cluster, storage=store
+    ) as worker:
+        events = client.events()
+        job = await client.submit(SPEC)
+        with anyio.fail_after(5):  # no polling: the client is told
+            done = await client.wait(job.id)
+        assert done.status is cj.JobStatus.COMPLETED and done.owner == worker.id
+        seen = []
+        with anyio.fail_after(5):
+            async for event in events:
+                seen.append(event.status)
+                if event.status.is_terminal:
+                    break
+        # Each move once: the client's own (pending) and the worker's, as reported.
+        assert seen == [cj.JobStatus.PENDING, cj.JobStatus.LAUNCHING, cj.JobStatus.RUNNING,
+                        cj.JobStatus.COMPLETED]

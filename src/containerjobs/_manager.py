@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from datetime import timedelta
 from typing import Any, Literal, Self
@@ -40,6 +40,8 @@ from .executors import Executor, PullResult
 from .storage import InMemoryStorage, Storage
 
 ExitMode = Literal["cancel", "wait", "detach"]
+ChangeFeed = Callable[[], AsyncIterator[tuple[str, JobStatus, JobStatus | None]]]
+_CHANGES_FALLBACK = 5.0  # seconds between reads of a job a change feed tells of
 
 
 def _default_executor(host: Host) -> Executor:
@@ -111,6 +113,9 @@ class JobManager:
         self.policy = policy or SecurityPolicy()
         self._on_exit = on_exit
         self._poll_interval = poll_interval
+        # A store that reports every change (PostgreSQL's LISTEN/NOTIFY) spares the
+        # waits their polling; an optional capability, not part of the protocol.
+        self._changes: ChangeFeed | None = getattr(self.storage, "changes", None)
         self._log: Logger = get_logger("containerjobs.manager").bind(manager=self.id)
         self._board = StatusBoard(self.storage, self._log, retry_delay=retry_delay)
         # A client (no hosts) stores and reads jobs; only a worker runs them.
@@ -175,6 +180,8 @@ class JobManager:
             async with anyio.create_task_group() as tg:
                 if self._worker is not None:
                     await self._worker.serve(tg)
+                if self._changes is not None:
+                    tg.start_soon(self._follow_changes, self._changes)
                 started.set()
                 await self._stop.wait()
                 tg.cancel_scope.cancel()
@@ -511,7 +518,20 @@ class JobManager:
             return None
         if job.owner == self.id and job.status.is_active:
             return None
+        if self._changes is not None:
+            # The store tells of every change: reading it again is only a fallback.
+            return _CHANGES_FALLBACK
         return delay
+
+    async def _follow_changes(self, changes: ChangeFeed) -> None:
+        # The changes other processes make, as the store reports them: waits return
+        # and events() shows them at once. Should the feed fail, waits poll again.
+        try:
+            async for job_id, status, previous in changes():
+                self._board.changed_elsewhere(job_id, status, previous)
+        except ContainerJobsError as exc:
+            self._log.error("store.changes_lost", error=str(exc))
+        self._changes = None
 
     # --- reconciliation ------------------------------------------------------------
 

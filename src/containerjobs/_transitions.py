@@ -10,6 +10,7 @@ retry, a launch that never ran) stand here once.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Mapping
 from contextlib import suppress
 from datetime import timedelta
@@ -25,6 +26,7 @@ from ._models import AttemptOutcome, Job, JobEvent, JobStatus, utcnow
 from .storage import ChooseHost, Storage
 
 _MAX_RETRY_DELAY = 60.0
+_TOLD_KEPT = 10_000  # jobs whose last told status is remembered
 
 
 class LostRace(Exception):
@@ -44,6 +46,7 @@ class StatusBoard:
         self._retry_delay = retry_delay
         self._watchers: dict[str, anyio.Event] = {}
         self._subscribers: list[MemoryObjectSendStream[JobEvent]] = []
+        self._told: OrderedDict[str, JobStatus] = OrderedDict()
 
     # --- moves ---------------------------------------------------------------------
 
@@ -131,10 +134,27 @@ class StatusBoard:
             self._announce(job, None)
 
     def _announce(self, job: Job, previous: JobStatus | None) -> None:
-        self.wake(job.id)
-        if previous == job.status:
-            return
-        record = JobEvent(job.id, job.status, previous, utcnow())
+        self._publish(job.id, job.status, previous)
+
+    def changed_elsewhere(
+        self, job_id: str, status: JobStatus, previous: JobStatus | None
+    ) -> None:
+        """A change another process made, as the store reported it: wake the job's
+        waiters and tell the subscribers, unless it is one this board announced (a
+        store reports every write, ours too)."""
+        self._publish(job_id, status, previous)
+
+    def _publish(self, job_id: str, status: JobStatus, previous: JobStatus | None) -> None:
+        self.wake(job_id)
+        if previous == status or self._told.get(job_id) == status:
+            return  # no move, or this one told already
+        # Remembered, so that the store's report of our own write is not told twice; a
+        # job's statuses move on (a retry goes through others), so a repeat is ours.
+        self._told[job_id] = status
+        self._told.move_to_end(job_id)
+        if len(self._told) > _TOLD_KEPT:
+            self._told.popitem(last=False)
+        record = JobEvent(job_id, status, previous, utcnow())
         for subscriber in self._subscribers:
             with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
                 subscriber.send_nowait(record)

@@ -23,9 +23,11 @@ from ._errors import ContainerJobsError
 from ._hosts import DockerHost, TLSConfig
 from ._manager import JobManager
 from ._models import PULL_POLICIES, Job, JobSpec, JobStatus, LogLine
-from .storage import InMemoryStorage, SQLiteStorage, Storage
+from .storage import InMemoryStorage, Storage
 from .storage._codec import converter
+from .storage._url import storage_from_url
 
+STORE_VARIABLE = "CONTAINERJOBS_DB"  # the store, when --db is not given
 EXIT_TIMEOUT = 124
 EXIT_NOT_STARTED = 125
 EXIT_CANCELLED = 130
@@ -52,11 +54,14 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def store_option(p: argparse.ArgumentParser, required: bool) -> None:
+        # Not argparse's required: CONTAINERJOBS_DB may stand in for it (see _store).
+        p.set_defaults(db_required=required)
         p.add_argument(
             "--db",
-            required=required,
-            metavar="PATH",
-            help="SQLite job store" + ("" if required else " (default: in memory)"),
+            metavar="URL",
+            help="the job store: a SQLite file (a path, or sqlite:///PATH), "
+            "postgresql://USER:PASSWORD@HOST:PORT/DB, or memory:// (default: "
+            "$CONTAINERJOBS_DB" + (")" if required else ", else in memory)"),
         )
 
     run = commands.add_parser("run", help="run a job and stream its output")
@@ -181,7 +186,7 @@ def _worker_hosts(args: argparse.Namespace) -> list[DockerHost]:
 async def _work(args: argparse.Namespace) -> int:
     manager = JobManager(
         hosts=_worker_hosts(args),
-        storage=SQLiteStorage(args.db),
+        storage=_storage(args),
         on_exit=args.on_exit,
         lease_ttl=args.lease_ttl,
     )
@@ -211,8 +216,13 @@ def _configure_logging(verbose: bool) -> None:
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-def _storage(path: str | None) -> Storage:
-    return SQLiteStorage(path) if path else InMemoryStorage()
+def _storage(args: argparse.Namespace) -> Storage:
+    url = args.db or os.environ.get(STORE_VARIABLE)
+    if url:
+        return storage_from_url(url)
+    if args.db_required:
+        raise ValueError(f"give the job store: --db URL, or set {STORE_VARIABLE}")
+    return InMemoryStorage()
 
 
 def _exit_code(job: Job) -> int:
@@ -254,7 +264,7 @@ async def _run(args: argparse.Namespace) -> int:
         pull_policy=args.pull,
     )
     host = DockerHost("local", args.host) if args.host else DockerHost.from_env()
-    async with JobManager(hosts=[host], storage=_storage(args.db)) as manager:
+    async with JobManager(hosts=[host], storage=_storage(args)) as manager:
         health = (await manager.health())[host.name]
         if not health.healthy:
             print(f"containerjobs: {health.error}", file=sys.stderr)
@@ -285,7 +295,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _read(args: argparse.Namespace) -> int:
-    async with JobManager(hosts=[], storage=_storage(args.db)) as manager:
+    async with JobManager(hosts=[], storage=_storage(args)) as manager:
         if args.command == "jobs":
             for job in await manager.list_jobs(status=args.status, limit=args.limit):
                 print(
