@@ -14,10 +14,10 @@ import math
 import re
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import anyio
 import attrs
@@ -222,6 +222,19 @@ def _model_claims(world: dict[str, Any], chooser: _Choices) -> builtins.list[tup
     return claims
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _needs(capability: str) -> Callable[[F], F]:
+    """Mark a check that only a store with `capability` (a class flag) runs."""
+
+    def mark(test: F) -> F:
+        test._needs = capability  # type: ignore[attr-defined]
+        return test
+
+    return mark
+
+
 class StorageContract:
     """The behaviour suite of the `Storage` protocol: subclass it to test a backend.
 
@@ -262,6 +275,15 @@ class StorageContract:
 
     persistent: ClassVar[bool] = False
     shared_across_processes: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A check of a capability the store does not claim is not run at all (rather
+        # than skipped): the store is judged on what it says it does.
+        super().__init_subclass__(**kwargs)
+        for name in dir(cls):
+            needs = getattr(getattr(cls, name, None), "_needs", None)
+            if needs is not None and not getattr(cls, needs):
+                setattr(cls, name, None)
 
     async def make_storage(self, folder: Path) -> Storage:
         """A new, empty store, not opened yet. Required.
@@ -308,8 +330,7 @@ class StorageContract:
         self, tmp_path: Path, count: int
     ) -> AsyncIterator[builtins.list[Storage]]:
         """`count` objects on one store from `make_shared`, open for the block."""
-        if not self.shared_across_processes:
-            pytest.skip(f"{type(self).__name__}.shared_across_processes is False")
+        assert self.shared_across_processes, "a check of a shared store, on one that is not"
         stores = await self.make_shared(await self._new_folder(tmp_path), count)
         assert len(stores) == count, f"make_shared made {len(stores)} stores, not {count}"
         try:
@@ -1075,9 +1096,8 @@ class StorageContract:
 
     # --- persistent -------------------------------------------------------------------
 
+    @_needs("persistent")
     async def test_persistent_records_outlive_the_store_object(self, tmp_path: Path) -> None:
-        if not self.persistent:
-            pytest.skip(f"{type(self).__name__}.persistent is False")
         writer, reader = await self.make_shared(await self._new_folder(tmp_path), 2)
         job = full_job("j", ["run"])
         await writer.open()
@@ -1101,6 +1121,7 @@ class StorageContract:
 
     # --- shared across processes ------------------------------------------------------
 
+    @_needs("shared_across_processes")
     async def test_shared_stores_see_each_other(self, tmp_path: Path) -> None:
         async with self.opened_shared(tmp_path, 2) as (first_store, second):
             assert first_store.store_id == second.store_id
@@ -1127,6 +1148,7 @@ class StorageContract:
             assert await second.delete(["j"]) == 1
             assert await first_store.log_count("j") == 0
 
+    @_needs("shared_across_processes")
     async def test_shared_compare_and_sets_have_one_winner(self, tmp_path: Path) -> None:
         async with self.opened_shared(tmp_path, 4) as stores:
             job = make_job("j", status=JobStatus.RUNNING, host="h", owner="dead")
@@ -1146,6 +1168,7 @@ class StorageContract:
                     tg.start_soon(adopt, stores[n % 4], n)
             assert sorted(wins) == [False] * 11 + [True]
 
+    @_needs("shared_across_processes")
     async def test_shared_claims_keep_the_limits_and_claim_each_job_once(
         self, tmp_path: Path
     ) -> None:
