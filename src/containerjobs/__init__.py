@@ -33,6 +33,7 @@ from ._models import NetworkAttachment as NetworkAttachment
 from ._policy import SecurityPolicy as SecurityPolicy
 from .executors._base import PullResult as PullResult
 from .storage import InMemoryStorage as InMemoryStorage
+from .storage import PostgresStorage as PostgresStorage
 from .storage import SQLiteStorage as SQLiteStorage
 from .storage import Storage as Storage
 
@@ -63,6 +64,7 @@ __all__ = [
     "Mount",
     "NetworkAttachment",
     "PolicyViolation",
+    "PostgresStorage",
     "PullResult",
     "RegistryAuth",
     "RoundRobin",

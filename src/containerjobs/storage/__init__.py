@@ -2,7 +2,8 @@
 what a backend of your own needs.
 
 - The protocol: `Storage`, `StoredLine`, `ChooseHost`.
-- The backends: `InMemoryStorage`, `SQLiteStorage`.
+- The backends: `InMemoryStorage`, `SQLiteStorage`, `PostgresStorage` (which needs
+  the extra ``containerjobs[postgres]`` only once opened).
 - For writing a backend: `ClaimRound` and `dispatch_order` (the rules of
   `Storage.claim_next`); `dump_job` and `load_job` (a job as JSON text and back);
   `format_datetime`, `parse_datetime` and `as_utc` (times as sortable text);
@@ -29,12 +30,14 @@ from ._codec import parse_datetime as parse_datetime
 from ._codec import status_filter as status_filter
 from ._codec import store_now as store_now
 from ._memory import InMemoryStorage as InMemoryStorage
+from ._postgres import PostgresStorage as PostgresStorage  # asyncpg: loaded by open()
 from ._sqlite import SQLiteStorage as SQLiteStorage
 
 __all__ = [
     "ChooseHost",
     "ClaimRound",
     "InMemoryStorage",
+    "PostgresStorage",
     "SQLiteStorage",
     "Storage",
     "StoredLine",

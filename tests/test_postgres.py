@@ -1,0 +1,395 @@
+"""`PostgresStorage` on the test bed's PostgreSQL server: the whole storage contract,
+then what is PostgreSQL's alone (errors that never show the password, schema
+versions, LISTEN/NOTIFY, claims from several processes).
+
+Each test gets a database of its own, created through the test bed's user and dropped
+after it; a further store in the same test gets a schema of its own in it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import asyncpg
+import pytest
+
+import containerjobs as cj
+from containerjobs._errors import StorageError
+from containerjobs._models import JobStatus
+from containerjobs.storage import PostgresStorage
+from containerjobs.storage._postgres import SCHEMA_VERSION
+from containerjobs.testing import StorageContract
+from containerjobs.testing._storage_contract import NOW, first, make_job
+
+from .conftest import TESTBED_ENV, _read_env
+
+
+def _base_url() -> str:
+    url = os.environ.get("CJ_POSTGRES_URL")
+    if url:
+        return url
+    if not TESTBED_ENV.is_file() or "CJ_POSTGRES_URL" not in _read_env(TESTBED_ENV):
+        pytest.fail(
+            f"the test bed has no PostgreSQL (no CJ_POSTGRES_URL in {TESTBED_ENV}):"
+            " run scripts/testbed up",
+            pytrace=False,
+        )
+    return _read_env(TESTBED_ENV)["CJ_POSTGRES_URL"]
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def _password(url: str) -> str:
+    password = urlsplit(url).password
+    assert password, "the test bed's URL has a password"
+    return password
+
+
+@pytest.fixture
+async def database() -> AsyncIterator[str]:
+    """The URL of a new, empty database, dropped after the test."""
+    base = _base_url()
+    name = f"cjtest_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(base)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    try:
+        yield _with_database(base, name)
+    finally:
+        admin = await asyncpg.connect(base)
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            await admin.close()
+
+
+class TestPostgresStorage(StorageContract):
+    persistent = True
+    shared_across_processes = True
+
+    @pytest.fixture(autouse=True)
+    def _database(self, database: str) -> None:
+        self.url = database
+        self.stores_made = 0
+
+    def _next_schema(self) -> str:
+        # The first store of a test takes the default schema; any further one a
+        # schema of its own, which is cheaper than a database per store (the
+        # property tests make one per example).
+        self.stores_made += 1
+        return "containerjobs" if self.stores_made == 1 else f"store{self.stores_made}"
+
+    async def make_storage(self, folder: Path) -> PostgresStorage:
+        return PostgresStorage(self.url, schema=self._next_schema(), max_size=4)
+
+    async def make_shared(self, folder: Path, count: int) -> list[PostgresStorage]:
+        schema = self._next_schema()
+        return [PostgresStorage(self.url, schema=schema, max_size=4) for _ in range(count)]
+
+
+# --- PostgreSQL alone ----------------------------------------------------------------
+
+
+async def opened(url: str, **options: Any) -> PostgresStorage:
+    store = PostgresStorage(url, **options)
+    await store.open()
+    return store
+
+
+def test_the_package_exports_it() -> None:
+    assert cj.PostgresStorage is PostgresStorage
+    assert "PostgresStorage" in cj.storage.__all__
+
+
+def test_repr_masks_the_password() -> None:
+    store = PostgresStorage("postgresql://me:s3cret-pw@db.example:5433/jobs")
+    assert "s3cret-pw" not in repr(store)
+    assert repr(store) == "PostgresStorage('postgresql://me:***@db.example:5433/jobs')"
+    other = PostgresStorage("postgres://me@db/jobs?password=s3cret-pw&sslmode=require")
+    assert "s3cret-pw" not in repr(other)
+
+
+def test_a_dsn_of_another_kind_is_refused_without_its_password() -> None:
+    with pytest.raises(ValueError, match="postgresql://") as caught:
+        PostgresStorage("mysql://me:s3cret-pw@db/jobs")
+    assert "s3cret-pw" not in str(caught.value)
+    with pytest.raises(ValueError, match="schema"):
+        PostgresStorage("postgresql://db/jobs", schema="Robert'); DROP TABLE")
+
+
+async def _open_fails(url: str) -> StorageError:
+    store = PostgresStorage(url, connect_timeout=5)
+    started = anyio.current_time()
+    with pytest.raises(StorageError) as caught:
+        await store.open()
+    assert anyio.current_time() - started < 10
+    await store.close()
+    return caught.value
+
+
+def _never_shows(error: BaseException, password: str) -> None:
+    seen: BaseException | None = error
+    while seen is not None:
+        assert password not in str(seen), f"the password is in {seen!r}"
+        assert password not in repr(seen)
+        seen = seen.__cause__ or seen.__context__
+
+
+async def test_a_closed_port_raises_storage_error_naming_where() -> None:
+    url = "postgresql://cjtest:s3cret-pw@127.0.0.1:1/containerjobs_test"
+    error = await _open_fails(url)
+    assert "127.0.0.1:1/containerjobs_test" in str(error)
+    assert isinstance(error.__cause__, OSError)
+    _never_shows(error, "s3cret-pw")
+
+
+async def test_a_wrong_password_raises_storage_error_without_it() -> None:
+    parts = urlsplit(_base_url())
+    wrong = "not-the-Pa55word"
+    netloc = f"{parts.username}:{wrong}@{parts.hostname}:{parts.port}"
+    error = await _open_fails(urlunsplit(parts._replace(netloc=netloc)))
+    assert f"{parts.hostname}:{parts.port}" in str(error)
+    assert "password authentication failed" in str(error)
+    _never_shows(error, wrong)
+    _never_shows(error, _password(_base_url()))
+
+
+async def test_a_missing_database_raises_storage_error_naming_it() -> None:
+    url = _with_database(_base_url(), f"cj_missing_{uuid.uuid4().hex[:8]}")
+    error = await _open_fails(url)
+    assert urlsplit(url).path.lstrip("/") in str(error)
+    assert "does not exist" in str(error)
+    _never_shows(error, _password(url))
+
+
+async def test_use_before_open_is_a_storage_error(database: str) -> None:
+    store = PostgresStorage(database)
+    with pytest.raises(StorageError, match="not open"):
+        await store.get("j")
+    with pytest.raises(StorageError, match="open"):
+        store.store_id  # noqa: B018
+
+
+async def test_driver_errors_become_storage_errors(database: str) -> None:
+    store = await opened(database)
+    try:
+        job = make_job("huge")
+        object.__setattr__(job.spec, "priority", 2**70)
+        with pytest.raises(StorageError) as caught:
+            await store.create([job])
+        _never_shows(caught.value, _password(database))
+        assert await store.list() == []
+        with pytest.raises(StorageError, match="already exists"):
+            await store.create([make_job("a"), make_job("a")])
+    finally:
+        await store.close()
+
+
+async def test_schema_is_versioned_and_opening_at_once_is_safe(database: str) -> None:
+    stores = [PostgresStorage(database, max_size=2) for _ in range(6)]
+    try:
+        async with anyio.create_task_group() as tg:
+            for store in stores:
+                tg.start_soon(store.open)
+        assert len({store.store_id for store in stores}) == 1
+    finally:
+        for store in stores:
+            await store.close()
+    conn = await asyncpg.connect(database)
+    try:
+        versions = await conn.fetch("SELECT version FROM containerjobs.schema_version")
+        assert [row[0] for row in versions] == list(range(1, SCHEMA_VERSION + 1))
+        await conn.execute(
+            "INSERT INTO containerjobs.schema_version (version) VALUES ($1)", SCHEMA_VERSION + 1
+        )
+    finally:
+        await conn.close()
+    store = PostgresStorage(database)
+    with pytest.raises(StorageError, match="newer"):
+        await store.open()
+    await store.close()
+
+
+async def test_log_lines_keep_nul_and_every_character(database: str) -> None:
+    store = await opened(database)
+    try:
+        await store.create([make_job("j")])
+        text = "a\x00b \u2603 \U0001f600 \x1b[31m"
+        line = cj.LogLine("stdout", text, NOW)
+        await store.append_logs("j", [cj.storage.StoredLine(0, line)])
+        [stored] = await store.read_logs("j")
+        assert stored.line == line
+        noisy = make_job("k").advance(JobStatus.PENDING, stdout="out\x00put")
+        await store.create([noisy])
+        assert (await store.get("k")).stdout == "out\x00put"
+    finally:
+        await store.close()
+
+
+async def test_leases_follow_the_database_clock(database: str) -> None:
+    store = await opened(database)
+    try:
+        await store.renew_lease("m", 30, info="pid 1")
+        conn = await asyncpg.connect(database)
+        try:
+            left = await conn.fetchval(
+                "SELECT extract(epoch FROM expires_at - clock_timestamp())"
+                " FROM containerjobs.managers WHERE manager_id = 'm'"
+            )
+            assert 28 < float(left) <= 30
+            # Moved into the past by the server's clock: dead, whatever ours says.
+            await conn.execute(
+                "UPDATE containerjobs.managers SET expires_at = clock_timestamp()"
+                " - interval '1 second'"
+            )
+        finally:
+            await conn.close()
+        assert await store.live_managers() == set()
+    finally:
+        await store.close()
+
+
+async def _next_change(changes: Any) -> tuple[str, JobStatus, JobStatus | None]:
+    with anyio.fail_after(5):
+        change: tuple[str, JobStatus, JobStatus | None] = await changes.__anext__()
+        return change
+
+
+async def test_changes_follow_every_job_write_of_any_store(database: str) -> None:
+    listener, writer = await opened(database), await opened(database)
+    changes = listener.changes()
+    try:
+        # The first write after the iterator starts listening; give it a moment.
+        start = anyio.Event()
+
+        async def write_after_listening() -> None:
+            await anyio.sleep(0.5)
+            start.set()
+            await writer.create([make_job("j")])
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write_after_listening)
+            assert await _next_change(changes) == ("j", JobStatus.PENDING, None)
+        [claimed] = await writer.claim_next("m", {"h": 1}, first, now=NOW)
+        assert await _next_change(changes) == ("j", JobStatus.LAUNCHING, JobStatus.PENDING)
+        running = claimed.advance(JobStatus.RUNNING)
+        assert await writer.compare_and_set(
+            running, expected=JobStatus.LAUNCHING, expected_owner="m"
+        )
+        assert await _next_change(changes) == ("j", JobStatus.RUNNING, JobStatus.LAUNCHING)
+        # A lost race writes nothing, and says nothing.
+        assert not await writer.compare_and_set(
+            running, expected=JobStatus.LAUNCHING, expected_owner="m"
+        )
+        await writer.create([make_job("k")])
+        assert await _next_change(changes) == ("k", JobStatus.PENDING, None)
+    finally:
+        await writer.close()
+        await listener.close()
+    # The store closed: the iterator ends.
+    with anyio.fail_after(5), pytest.raises(StopAsyncIteration):
+        await changes.__anext__()
+
+
+async def test_changes_reconnect_after_losing_the_connection(database: str) -> None:
+    listener, writer = await opened(database), await opened(database)
+    changes = listener.changes()
+    try:
+        async def write(job_id: str) -> None:
+            await anyio.sleep(0.5)
+            await writer.create([make_job(job_id)])
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write, "before")
+            assert (await _next_change(changes))[0] == "before"
+        # The server ends the listening session, as a restart does.
+        conn = await asyncpg.connect(database)
+        try:
+            ended = await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+            )
+            assert ended == 1
+        finally:
+            await conn.close()
+
+        async def write_until_heard() -> None:
+            for n in range(40):
+                await anyio.sleep(0.25)
+                await writer.create([make_job(f"after{n}")])
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write_until_heard)
+            with anyio.fail_after(10):
+                job_id, _, _ = await changes.__anext__()
+            tg.cancel_scope.cancel()
+        assert job_id.startswith("after")
+    finally:
+        await writer.close()
+        await listener.close()
+        await changes.aclose()
+
+
+_CLAIMER = textwrap.dedent(
+    """
+    import sys
+    from datetime import UTC, datetime
+
+    import anyio
+
+    from containerjobs.storage import PostgresStorage
+
+    async def main() -> None:
+        store = PostgresStorage(sys.argv[1])
+        await store.open()
+        won = []
+        try:
+            for _ in range(15):
+                claimed = await store.claim_next(
+                    sys.argv[2], {"a": 3, "b": 2}, lambda job, loads: min(loads, key=loads.get),
+                    now=datetime.now(UTC), limit=1,
+                )
+                won += [job.id for job in claimed]
+        finally:
+            await store.close()
+        print(" ".join(won))
+
+    anyio.run(main)
+    """
+)
+
+
+async def test_claims_from_several_processes_keep_the_limits(database: str) -> None:
+    store = await opened(database)
+    try:
+        await store.create([make_job(f"j{n:02}", created=n) for n in range(40)])
+        won: list[str] = []
+
+        async def run_one(n: int) -> None:
+            done = await anyio.run_process(
+                [sys.executable, "-c", _CLAIMER, database, f"m{n}"],
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+            )
+            won.extend(done.stdout.decode().split())
+
+        async with anyio.create_task_group() as tg:
+            for n in range(4):
+                tg.start_soon(run_one, n)
+        assert len(won) == len(set(won)) == 5
+        assert await store.count_active() == {"a": 3, "b": 2}
+        assert sorted(won) == [f"j{n:02}" for n in range(5)]
+    finally:
+        await store.close()
