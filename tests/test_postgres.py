@@ -103,6 +103,34 @@ class TestPostgresStorage(StorageContract):
 # --- PostgreSQL alone ----------------------------------------------------------------
 
 
+_WITHOUT_ASYNCPG = textwrap.dedent(
+    """
+    import sys
+
+    sys.modules["asyncpg"] = None  # as if the extra were not installed
+
+    import anyio
+
+    import containerjobs as cj
+
+    async def main() -> None:
+        store = cj.PostgresStorage("postgresql://me:s3cret-pw@127.0.0.1:1/jobs")
+        try:
+            await store.open()
+        except cj.StorageError as exc:
+            print(exc)
+
+    anyio.run(main)
+    """
+)
+
+
+async def test_containerjobs_imports_without_asyncpg_and_says_what_to_install() -> None:
+    done = await anyio.run_process([sys.executable, "-c", _WITHOUT_ASYNCPG])
+    assert "install containerjobs[postgres]" in done.stdout.decode()
+    assert "s3cret-pw" not in done.stdout.decode()
+
+
 async def opened(url: str, **options: Any) -> PostgresStorage:
     store = PostgresStorage(url, **options)
     await store.open()
@@ -272,12 +300,9 @@ async def test_changes_follow_every_job_write_of_any_store(database: str) -> Non
     listener, writer = await opened(database), await opened(database)
     changes = listener.changes()
     try:
-        # The first write after the iterator starts listening; give it a moment.
-        start = anyio.Event()
-
+        # The iterator listens from its first step on: write a moment after it.
         async def write_after_listening() -> None:
             await anyio.sleep(0.5)
-            start.set()
             await writer.create([make_job("j")])
 
         async with anyio.create_task_group() as tg:

@@ -230,7 +230,6 @@ class PostgresStorage:
         self._lock = anyio.Lock()  # open and close
         # What close() ends: the send side of each changes() iterator, and its connection.
         self._listeners: dict[Any, Any] = {}
-        self._closed_once = False
         t = f"{schema}."
         self._jobs, self._logs, self._templates = f"{t}jobs", f"{t}logs", f"{t}templates"
         self._managers, self._meta = f"{t}managers", f"{t}meta"
