@@ -418,3 +418,29 @@ async def test_claims_from_several_processes_keep_the_limits(database: str) -> N
         assert sorted(won) == [f"j{n:02}" for n in range(5)]
     finally:
         await store.close()
+
+
+async def test_the_store_works_on_after_the_server_ends_its_sessions(database: str) -> None:
+    # What a server restart does to the pool's connections: each is closed by the
+    # server. The pool replaces them, and the next calls succeed.
+    store = await opened(database, min_size=3, max_size=3)
+    try:
+        await store.create([make_job("a")])
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(store.get, "a")
+        conn = await asyncpg.connect(database)
+        try:
+            ended = await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            assert ended == 3
+        finally:
+            await conn.close()
+        await anyio.sleep(0.2)
+        for _ in range(6):
+            assert (await store.get("a")).id == "a"
+        await store.create([make_job("b")])
+    finally:
+        await store.close()
