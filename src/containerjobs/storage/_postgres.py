@@ -166,7 +166,7 @@ class PostgresStorage:
     offered host, in one order, so no other claim may fill the same hosts until it
     commits; counts the active jobs on them (a fresh statement, so it sees every claim
     committed before it got the locks); then reads the pending jobs in dispatch order
-    with ``FOR UPDATE SKIP LOCKED``, a page as long as its free slots, and runs the
+    with ``FOR NO KEY UPDATE SKIP LOCKED``, a page as long as its free slots, and runs the
     shared `ClaimRound` rules on them. Managers whose hosts differ claim at the same
     time; each skips the rows another is deciding on, so they take different jobs
     instead of queueing behind the head of the queue.
@@ -305,9 +305,10 @@ class PostgresStorage:
 
     @contextlib.asynccontextmanager
     async def _transaction(self, action: str) -> AsyncIterator[Any]:
-        # The pool rolls back whatever a connection left open when it takes it back
-        # (in a shielded task, so a cancelled caller gets that too); the explicit
-        # rollback here only makes it sooner.
+        # asyncpg's transaction rolls back on an error. A caller cancelled mid-way may
+        # cut that rollback short too, but the pool rolls back whatever a connection
+        # left open as it takes the connection back (in a task cancellation does not
+        # reach), so nothing half-written is ever committed.
         async with self._connection(action) as conn, conn.transaction():
             yield conn
 
@@ -596,7 +597,10 @@ class PostgresStorage:
                 " (created_at > $5 OR (created_at = $5 AND id > $6))))"
             )
             params += list(after)
-        sql += " ORDER BY priority DESC, created_at, id LIMIT $3 FOR UPDATE SKIP LOCKED"
+        # NO KEY UPDATE is the lock our UPDATE of these rows takes anyway: it excludes
+        # the other claims (which skip the row) and writers of the job, but not the
+        # foreign-key checks of its log lines, as FOR UPDATE would.
+        sql += " ORDER BY priority DESC, created_at, id LIMIT $3 FOR NO KEY UPDATE SKIP LOCKED"
         return builtins.list(await conn.fetch(sql, *params))
 
     async def active_jobs(self, *, owner: str | None = None) -> builtins.list[Job]:
