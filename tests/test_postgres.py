@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
+import anyio.abc
 import asyncpg
 import pytest
 
@@ -444,3 +445,26 @@ async def test_the_store_works_on_after_the_server_ends_its_sessions(database: s
         await store.create([make_job("b")])
     finally:
         await store.close()
+
+
+async def test_a_server_that_never_answers_raises_storage_error_in_time() -> None:
+    # A host that takes the connection and says nothing (a firewall, a hung server):
+    # open gives up after connect_timeout, and says where it tried.
+    async def silent(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            await anyio.sleep(30)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, silent)
+        store = PostgresStorage(
+            f"postgresql://cjtest:s3cret-pw@127.0.0.1:{port}/jobs", connect_timeout=1
+        )
+        started = anyio.current_time()
+        with pytest.raises(StorageError, match=f"127.0.0.1:{port}/jobs") as caught:
+            await store.open()
+        assert anyio.current_time() - started < 5
+        _never_shows(caught.value, "s3cret-pw")
+        tg.cancel_scope.cancel()
+    await listener.aclose()
