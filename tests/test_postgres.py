@@ -468,3 +468,27 @@ async def test_a_server_that_never_answers_raises_storage_error_in_time() -> Non
         _never_shows(caught.value, "s3cret-pw")
         tg.cancel_scope.cancel()
     await listener.aclose()
+
+
+async def test_a_claim_passes_over_the_jobs_another_claim_is_deciding_on(database: str) -> None:
+    # Another manager's claim, mid-way, holds the head of the queue: this one takes the
+    # next jobs at once instead of waiting for it (FOR ... SKIP LOCKED).
+    store = await opened(database)
+    try:
+        await store.create([make_job(f"j{n}", created=n) for n in range(4)])
+        other = await asyncpg.connect(database)
+        try:
+            async with other.transaction():
+                await other.execute(
+                    "SELECT 1 FROM containerjobs.jobs WHERE id IN ('j0', 'j1')"
+                    " FOR NO KEY UPDATE"
+                )
+                with anyio.fail_after(5):
+                    claimed = await store.claim_next("m", {"h": 2}, first, now=NOW)
+                assert [job.id for job in claimed] == ["j2", "j3"]
+        finally:
+            await other.close()
+        claimed = await store.claim_next("m", {"h": 4}, first, now=NOW)
+        assert [job.id for job in claimed] == ["j0", "j1"]
+    finally:
+        await store.close()
