@@ -205,6 +205,11 @@ class PostgresStorage:
                 f"a PostgreSQL DSN reads postgresql://USER:PASSWORD@HOST:PORT/DATABASE, "
                 f"not {shown!r}"
             )
+        if "," not in urlsplit(dsn).netloc:  # (several hosts: asyncpg's to read)
+            try:
+                _ = urlsplit(dsn).port  # raises for a port that is not a number
+            except ValueError:
+                raise ValueError(f"the port in {_mask(dsn)!r} is not a number") from None
         if not _SCHEMA.fullmatch(schema):
             raise ValueError(
                 f"schema must be a lower-case SQL identifier of at most 44 characters, "
