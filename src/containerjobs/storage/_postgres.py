@@ -367,16 +367,23 @@ class PostgresStorage:
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtext($1))", f"containerjobs.schema.{self._schema}"
             )
+            # Looked up before any CREATE: PostgreSQL checks the privilege to create
+            # before it sees that the thing exists, and a worker's role may well have
+            # none once a DBA (or the first open) has made the schema.
             exists = await conn.fetchval(
                 "SELECT 1 FROM pg_namespace WHERE nspname = $1", self._schema
             )
             if not exists:
                 await conn.execute(f"CREATE SCHEMA {self._schema}")
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {self._schema}.schema_version ("
-                " version integer PRIMARY KEY,"
-                " applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+            versioned = await conn.fetchval(
+                "SELECT to_regclass($1)", f"{self._schema}.schema_version"
             )
+            if versioned is None:
+                await conn.execute(
+                    f"CREATE TABLE {self._schema}.schema_version ("
+                    " version integer PRIMARY KEY,"
+                    " applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+                )
             version = await conn.fetchval(
                 f"SELECT COALESCE(MAX(version), 0) FROM {self._schema}.schema_version"
             )
