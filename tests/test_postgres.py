@@ -57,26 +57,38 @@ def _password(url: str) -> str:
     return password
 
 
+async def _admin(sql: str) -> None:
+    # Through the test bed's user, with a few tries: other test runs share the server
+    # (and some of them end its sessions on purpose, as a restart would).
+    for attempt in range(5):
+        try:
+            conn = await asyncpg.connect(_base_url())
+            try:
+                await conn.execute(sql)
+            finally:
+                await conn.close()
+            return
+        except asyncpg.DuplicateDatabaseError:
+            if attempt == 0:
+                raise
+            return  # an earlier try did create it, and lost its answer
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            if attempt == 4:
+                raise
+            await anyio.sleep(0.5)
+
+
 @pytest.fixture
 async def database() -> AsyncIterator[str]:
     """The URL of a new, empty database, dropped after the test."""
-    base = _base_url()
     name = f"cjtest_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(base)
+    # template0: no session is ever connected to it, so another test run (or a
+    # person) connected to template1 cannot make this fail.
+    await _admin(f"CREATE DATABASE {name} TEMPLATE template0")
     try:
-        # template0: no session is ever connected to it, so another test run (or a
-        # person) connected to template1 cannot make this fail.
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE template0")
+        yield _with_database(_base_url(), name)
     finally:
-        await admin.close()
-    try:
-        yield _with_database(base, name)
-    finally:
-        admin = await asyncpg.connect(base)
-        try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        finally:
-            await admin.close()
+        await _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 class TestPostgresStorage(StorageContract):
