@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -15,6 +17,7 @@ from anyio.streams.text import TextReceiveStream
 
 import containerjobs as cj
 from containerjobs import _run
+from containerjobs.storage import storage_from_url
 from tests.conftest import LOCAL_SOCKET, REPO, Bed, until_status
 
 pytestmark = pytest.mark.docker
@@ -36,12 +39,13 @@ def shared_folder(tmp_path: Path) -> Path:
 SUBMIT_AND_HANG = """
 import logging, sys, anyio
 import containerjobs as cj
+from containerjobs.storage import storage_from_url
 
 logging.basicConfig(level=logging.INFO)  # on stderr, to see what it did when it fails
 
 async def main() -> None:
     host = cj.DockerHost("local", "unix:///var/run/docker.sock")
-    manager = cj.JobManager(hosts=[host], storage=cj.SQLiteStorage(sys.argv[1]),
+    manager = cj.JobManager(hosts=[host], storage=storage_from_url(sys.argv[1]),
                             lease_ttl=2.0)
     await manager.start()
     specs = [cj.JobSpec(image=sys.argv[2], command="echo before; sleep 4; echo after",
@@ -57,9 +61,28 @@ anyio.run(main)
 """
 
 
-async def test_a_killed_manager_loses_nothing(testbed: Bed, tmp_path: Path,
-                                              no_leftovers: None) -> None:
-    db = tmp_path / "jobs.db"
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store_url(request: pytest.FixtureRequest, testbed: Bed,
+                    tmp_path: Path) -> AsyncIterator[str]:
+    """The URL of a new, empty store of each kind the durability promises hold for."""
+    if request.param == "sqlite":
+        yield f"sqlite://{tmp_path}/jobs.db"
+        return
+    import asyncpg  # type: ignore[import-untyped]
+
+    name = f"cj_durability_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(testbed.postgres_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield testbed.postgres_url.rsplit("/", 1)[0] + "/" + name
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def test_a_killed_manager_loses_nothing(testbed: Bed, store_url: str,
+                                              tmp_path: Path, no_leftovers: None) -> None:
+    db = store_url
     script = tmp_path / "hang.py"
     script.write_text(SUBMIT_AND_HANG)
     async with await anyio.open_process(
@@ -73,7 +96,7 @@ async def test_a_killed_manager_loses_nothing(testbed: Bed, tmp_path: Path,
                     break
         child.send_signal(signal.SIGKILL)
         await child.wait()
-    async with cj.JobManager(hosts=[local()], storage=cj.SQLiteStorage(db)) as manager:
+    async with cj.JobManager(hosts=[local()], storage=storage_from_url(db)) as manager:
         jobs = await manager.list_jobs()
         assert len(jobs) == 4
         done = [await manager.wait(job.id, timeout=60) for job in jobs]
@@ -84,9 +107,10 @@ async def test_a_killed_manager_loses_nothing(testbed: Bed, tmp_path: Path,
     assert not testbed.labelled_containers()
 
 
-async def test_three_workers_run_each_job_exactly_once(testbed: Bed, tmp_path: Path,
+async def test_three_workers_run_each_job_exactly_once(testbed: Bed, store_url: str,
+                                                       tmp_path: Path,
                                                        no_leftovers: None) -> None:
-    db = tmp_path / "jobs.db"
+    db = store_url
     shared = shared_folder(tmp_path)
     workers = [
         await anyio.open_process(
@@ -100,7 +124,7 @@ async def test_three_workers_run_each_job_exactly_once(testbed: Bed, tmp_path: P
     ]
     try:
         policy = cj.SecurityPolicy(allowed_mount_sources=[str(tmp_path)])
-        async with cj.JobManager(hosts=[], storage=cj.SQLiteStorage(db),
+        async with cj.JobManager(hosts=[], storage=storage_from_url(db),
                                  policy=policy) as client:
             specs = [
                 cj.JobSpec(image=testbed.image,
@@ -126,7 +150,7 @@ async def test_three_workers_run_each_job_exactly_once(testbed: Bed, tmp_path: P
     assert len({job.owner for job in done}) >= 2  # the work was shared
 
 
-async def test_a_failed_attempt_is_retried(testbed: Bed, tmp_path: Path,
+async def test_a_failed_attempt_is_retried(testbed: Bed, store_url: str, tmp_path: Path,
                                            no_leftovers: None) -> None:
     shared = shared_folder(tmp_path)
     policy = cj.SecurityPolicy(allowed_mount_sources=[str(tmp_path)])
@@ -136,7 +160,8 @@ async def test_a_failed_attempt_is_retried(testbed: Bed, tmp_path: Path,
                 "echo first; exit 1; fi",
         mounts=[cj.Mount(str(shared), "/shared", read_only=False)],
     )
-    async with cj.JobManager(hosts=[local()], policy=policy, retry_delay=0.2) as manager:
+    async with cj.JobManager(hosts=[local()], policy=policy, retry_delay=0.2,
+                             storage=storage_from_url(store_url)) as manager:
         job = await manager.run(flaky, timeout=60)
         plain = await manager.run(cj.JobSpec(image=testbed.image, command="exit 1"))
     assert job.status is cj.JobStatus.COMPLETED
@@ -147,10 +172,10 @@ async def test_a_failed_attempt_is_retried(testbed: Bed, tmp_path: Path,
     assert plain.status is cj.JobStatus.FAILED and plain.attempts == 1
 
 
-async def test_losing_the_daemon(testbed: Bed, tmp_path: Path) -> None:
+async def test_losing_the_daemon(testbed: Bed, store_url: str) -> None:
     remote = cj.DockerHost("remote", testbed.tls_url,
                            tls=cj.TLSConfig.from_cert_path(testbed.cert_dir))
-    storage = cj.SQLiteStorage(tmp_path / "jobs.db")
+    storage = storage_from_url(store_url)
     async with cj.JobManager(hosts=[remote], storage=storage, lease_ttl=3.0) as manager:
         job = await manager.submit(cj.JobSpec(image=testbed.image, command="echo up; sleep 60"))
         await until_status(manager, job.id, cj.JobStatus.RUNNING)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import containerjobs as cj
-from containerjobs.storage._url import mask_url, storage_from_url
+from containerjobs.storage import storage_from_url
+from containerjobs.storage._url import mask_url
 from tests.conftest import REPO
 
 
@@ -50,3 +51,10 @@ def test_the_cli_takes_the_store_from_its_variable_when_db_is_absent(tmp_path: P
     assert db.exists()  # the store it named was opened (and made)
     missing = _cli("jobs", env={"CONTAINERJOBS_DB": ""})
     assert missing.returncode == 2 and "CONTAINERJOBS_DB" in missing.stderr
+
+
+def test_a_postgresql_url_names_a_postgres_store_and_hides_its_password() -> None:
+    store = cj.storage_from_url("postgresql://jobs:pw-s3cret@db.internal:5432/jobs")
+    assert isinstance(store, cj.PostgresStorage)
+    assert "pw-s3cret" not in repr(store)
+    assert isinstance(cj.storage_from_url("postgres://jobs@db/jobs"), cj.PostgresStorage)

@@ -36,6 +36,7 @@ from .storage import InMemoryStorage as InMemoryStorage
 from .storage import PostgresStorage as PostgresStorage
 from .storage import SQLiteStorage as SQLiteStorage
 from .storage import Storage as Storage
+from .storage import storage_from_url as storage_from_url
 
 __version__ = "0.1.0"
 
@@ -76,4 +77,5 @@ __all__ = [
     "TemplateNotFound",
     "WeightedLeastLoaded",
     "WeightedRandom",
+    "storage_from_url",
 ]

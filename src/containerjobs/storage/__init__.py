@@ -32,6 +32,7 @@ from ._codec import store_now as store_now
 from ._memory import InMemoryStorage as InMemoryStorage
 from ._postgres import PostgresStorage as PostgresStorage  # asyncpg: loaded by open()
 from ._sqlite import SQLiteStorage as SQLiteStorage
+from ._url import storage_from_url as storage_from_url
 
 __all__ = [
     "ChooseHost",
@@ -51,5 +52,6 @@ __all__ = [
     "load_job",
     "parse_datetime",
     "status_filter",
+    "storage_from_url",
     "store_now",
 ]
