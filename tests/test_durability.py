@@ -60,6 +60,21 @@ async def main() -> None:
 anyio.run(main)
 """
 
+async def _admin(url: str, statement: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    with anyio.fail_after(30):
+        while True:  # the server may still be starting after a restart
+            try:
+                connection = await asyncpg.connect(url)
+                break
+            except OSError:
+                await anyio.sleep(0.2)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def store_url(request: pytest.FixtureRequest, testbed: Bed,
@@ -68,16 +83,11 @@ async def store_url(request: pytest.FixtureRequest, testbed: Bed,
     if request.param == "sqlite":
         yield f"sqlite://{tmp_path}/jobs.db"
         return
-    import asyncpg  # type: ignore[import-untyped]
-
     name = f"cj_durability_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(testbed.postgres_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield testbed.postgres_url.rsplit("/", 1)[0] + "/" + name
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await _admin(testbed.postgres_url, f'CREATE DATABASE "{name}"')
+    yield testbed.postgres_url.rsplit("/", 1)[0] + "/" + name
+    # A new connection: a test may have restarted the server meanwhile.
+    await _admin(testbed.postgres_url, f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 async def test_a_killed_manager_loses_nothing(testbed: Bed, store_url: str,
