@@ -3,13 +3,16 @@ when it is missing they fail, loudly, rather than skip."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import subprocess
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import anyio
 import attrs
 import pytest
 from hypothesis import HealthCheck, settings
@@ -156,3 +159,31 @@ async def until_status(manager: cj.JobManager, job_id: str, status: cj.JobStatus
         return job
     finally:
         await events.aclose()
+
+
+async def _postgres_admin(url: str, statement: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    with anyio.fail_after(30):
+        while True:  # the server may still be starting after a test restarted it
+            try:
+                connection = await asyncpg.connect(url)
+                break
+            except OSError:
+                await anyio.sleep(0.2)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@contextlib.asynccontextmanager
+async def fresh_postgres_database(bed: Bed, prefix: str) -> AsyncIterator[str]:
+    """The URL of a new, empty database on the test bed's PostgreSQL, dropped after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    await _postgres_admin(bed.postgres_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield bed.postgres_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        # A new connection: a test may have restarted the server meanwhile.
+        await _postgres_admin(bed.postgres_url, f'DROP DATABASE "{name}" WITH (FORCE)')

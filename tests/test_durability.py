@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from anyio.streams.text import TextReceiveStream
 import containerjobs as cj
 from containerjobs import _run
 from containerjobs.storage import storage_from_url
-from tests.conftest import LOCAL_SOCKET, REPO, Bed, until_status
+from tests.conftest import LOCAL_SOCKET, REPO, Bed, fresh_postgres_database, until_status
 
 pytestmark = pytest.mark.docker
 
@@ -60,22 +59,6 @@ async def main() -> None:
 anyio.run(main)
 """
 
-async def _admin(url: str, statement: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
-
-    with anyio.fail_after(30):
-        while True:  # the server may still be starting after a restart
-            try:
-                connection = await asyncpg.connect(url)
-                break
-            except OSError:
-                await anyio.sleep(0.2)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 async def store_url(request: pytest.FixtureRequest, testbed: Bed,
                     tmp_path: Path) -> AsyncIterator[str]:
@@ -83,11 +66,8 @@ async def store_url(request: pytest.FixtureRequest, testbed: Bed,
     if request.param == "sqlite":
         yield f"sqlite://{tmp_path}/jobs.db"
         return
-    name = f"cj_durability_{uuid.uuid4().hex[:12]}"
-    await _admin(testbed.postgres_url, f'CREATE DATABASE "{name}"')
-    yield testbed.postgres_url.rsplit("/", 1)[0] + "/" + name
-    # A new connection: a test may have restarted the server meanwhile.
-    await _admin(testbed.postgres_url, f'DROP DATABASE "{name}" WITH (FORCE)')
+    async with fresh_postgres_database(testbed, "cj_durability") as url:
+        yield url
 
 
 async def test_a_killed_manager_loses_nothing(testbed: Bed, store_url: str,

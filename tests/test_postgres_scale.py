@@ -8,7 +8,6 @@ import logging
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,34 +15,15 @@ import anyio
 import pytest
 
 import containerjobs as cj
-from tests.conftest import LOCAL_SOCKET, REPO, Bed
+from tests.conftest import LOCAL_SOCKET, REPO, Bed, fresh_postgres_database
 
 pytestmark = pytest.mark.docker
-
-async def _admin(url: str, statement: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
-
-    with anyio.fail_after(30):
-        while True:  # the server may still be starting after a restart
-            try:
-                connection = await asyncpg.connect(url)
-                break
-            except OSError:
-                await anyio.sleep(0.2)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
 
 @pytest.fixture
 async def pg_url(testbed: Bed) -> AsyncIterator[str]:
     """A fresh database on the test bed's PostgreSQL."""
-    name = f"cj_scale_{uuid.uuid4().hex[:12]}"
-    await _admin(testbed.postgres_url, f'CREATE DATABASE "{name}"')
-    yield testbed.postgres_url.rsplit("/", 1)[0] + "/" + name
-    # A new connection: a test may have restarted the server meanwhile.
-    await _admin(testbed.postgres_url, f'DROP DATABASE "{name}" WITH (FORCE)')
+    async with fresh_postgres_database(testbed, "cj_scale") as url:
+        yield url
 
 
 def _worker(url: str, host: str, cert_dir: Path | None = None) -> list[str]:
