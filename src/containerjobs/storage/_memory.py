@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import heapq
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -102,13 +103,16 @@ class InMemoryStorage:
         await checkpoint()
         check_limit(limit)
         wanted = status_filter(status)
-        found = [
+        found = (
             job
             for job in self._jobs.values()
             if (wanted is None or job.status in wanted) and (host is None or job.host == host)
-        ]
-        found.sort(key=_newest_first, reverse=True)
-        return found if limit is None else found[:limit]
+        )
+        if limit is None:
+            return sorted(found, key=_newest_first, reverse=True)
+        # The newest `limit` without sorting them all: a page of 100 from 100,000 jobs
+        # took over 100 ms of the event loop that way.
+        return heapq.nlargest(limit, found, key=_newest_first)
 
     async def compare_and_set(
         self, job: Job, *, expected: JobStatus, expected_owner: str | None
