@@ -270,7 +270,8 @@ def _without_root_powers() -> list[str]:
         return []
     setpriv = shutil.which("setpriv")
     if setpriv is None:
-        pytest.skip("running as root, and setpriv (util-linux) is missing to drop root's powers")
+        # The test bed's machine has it (util-linux): a missing tool fails, loudly.
+        pytest.fail("running as root, and setpriv (util-linux) is missing to drop root's powers")
     return [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner"]
 
 
@@ -389,14 +390,14 @@ async def test_a_full_store_says_so_stays_readable_and_recovers(tmp_path: Path) 
 async def small_disk(folder: Path, size: str) -> AsyncIterator[Path]:
     """A tmpfs of `size` mounted on `folder` for the test, unmounted after it."""
     if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs to fill needs root")
+        pytest.fail("mounting a small tmpfs to fill needs root, as the test bed runs")
     await anyio.Path(folder).mkdir()
     done = await anyio.run_process(
         ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(folder)],
         check=False,
     )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        pytest.fail(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     try:
         yield folder
     finally:
