@@ -192,7 +192,7 @@ async def test_reads_resume_with_nothing_lost_or_doubled(
     for stream, name in ((1, "stdout"), (2, "stderr")):
         wrote = b"".join(body for s, _, body in frames if s == stream)
         text = "".join(
-            item.line.text + ("\n" if item.newline else "")
+            item.written
             for item in got
             if item.line.stream == name
         )

@@ -114,7 +114,7 @@ class _Kept:
             items.append(OutputLine(attrs.evolve(anchor, text=text)))
         items += tail
         for item in items:
-            self.parts.append(item.line.text + "\n" if item.newline else item.line.text)
+            self.parts.append(item.written)
         if self.dropped and cut is not None:
             # The marker stands on a line of its own, after the head's last piece.
             self.parts.insert(len(self.parts) - len(tail) - 1, "\n")
@@ -126,7 +126,7 @@ class _Kept:
         if not self.head_full:
             if size <= self.head_room:
                 self.head_room -= size
-                self.parts.append(text + "\n" if item.newline else text)
+                self.parts.append(item.written)
                 return item.line
             # The head ends inside this line: its start belongs to the head, the rest
             # goes on to the tail. Both are held until the end, where they become one
@@ -160,8 +160,7 @@ class _Kept:
                 continue
             # Cut inside the oldest line, keeping its end: a line of any length is
             # held in at most the tail's worth of memory.
-            full = oldest.line.text + ("\n" if oldest.newline else "")
-            kept = _tail(full, oldest_size - excess)
+            kept = _tail(oldest.written, oldest_size - excess)
             cut = oldest_size - _size(kept)
             self.tail_bytes -= cut
             self.dropped += cut

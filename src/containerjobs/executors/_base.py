@@ -38,6 +38,11 @@ class OutputLine:
     line: LogLine
     newline: bool = True
 
+    @property
+    def written(self) -> str:
+        """The text as the job wrote it: with its newline, when it had one."""
+        return self.line.text + "\n" if self.newline else self.line.text
+
 
 def _mask(environment: Mapping[str, str]) -> str:
     return "{" + ", ".join(f"{key!r}: '***'" for key in environment) + "}"

@@ -25,7 +25,7 @@ import json
 import tarfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -58,7 +58,7 @@ from ._base import (
     PullResult,
     ResourceSample,
 )
-from ._docker_logs import DockerLogReader
+from ._docker_logs import DockerLogReader, parse_stamp, stamp_datetime
 
 _log = get_logger("containerjobs.docker")
 
@@ -72,20 +72,11 @@ _OOM_RECHECKS = (0.05, 0.1, 0.2, 0.4)
 
 
 def _parse_time(text: str) -> datetime | None:
-    # Docker writes RFC 3339 with nanoseconds ("2024-01-02T03:04:05.123456789Z");
-    # Python keeps microseconds. The zero time means "never".
+    # The stamps of stats and of a container's state, read like those of log frames.
+    # The zero time means "never".
     if not text or text.startswith("0001-"):
         return None
-    text = text.rstrip("Z")
-    offset = "+00:00"
-    for sign in "+-":
-        head, sep, tail = text[10:].rpartition(sign)
-        if sep and ":" in tail and "T" in text:
-            text, offset = text[:10] + head, sign + tail
-            break
-    main, _, fraction = text.partition(".")
-    fraction = (fraction + "000000")[:6]
-    return datetime.fromisoformat(f"{main}.{fraction}{offset}").astimezone(UTC)
+    return stamp_datetime(parse_stamp(text.encode("ascii")))
 
 
 @contextmanager

@@ -39,6 +39,11 @@ _STREAMS: dict[int, Stream] = {1: "stdout", 2: "stderr"}
 OpenStream = Callable[[dict[str, str]], AbstractAsyncContextManager[aiohttp.StreamReader]]
 
 
+def _epoch_seconds(text: str) -> int:
+    moment = datetime.fromisoformat(text).replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(seconds=1)
+
+
 class _Seconds:
     """Epoch seconds of "YYYY-MM-DDTHH:MM:SS", remembered for the last one seen:
     frames come many to a second, so nearly every frame is a cache hit."""
@@ -49,13 +54,12 @@ class _Seconds:
 
     def __call__(self, text: str) -> int:
         if text != self._text:
-            moment = datetime.fromisoformat(text).replace(tzinfo=UTC)
-            self._value = (moment - _EPOCH) // timedelta(seconds=1)
+            self._value = _epoch_seconds(text)
             self._text = text
         return self._value
 
 
-def parse_stamp(raw: bytes, seconds: Callable[[str], int]) -> int:
+def parse_stamp(raw: bytes, seconds: Callable[[str], int] = _epoch_seconds) -> int:
     """Nanoseconds since the epoch of a frame stamp such as
     ``2024-01-02T03:04:05.123456789Z`` (RFC 3339; a numeric offset is honoured)."""
     text = raw.decode("ascii")

@@ -121,11 +121,7 @@ class ExecutorContract:
 
     @staticmethod
     def text(lines: list[OutputLine], stream: str) -> str:
-        return "".join(
-            item.line.text + ("\n" if item.newline else "")
-            for item in lines
-            if item.line.stream == stream
-        )
+        return "".join(item.written for item in lines if item.line.stream == stream)
 
     # --- the contract --------------------------------------------------------------
 
