@@ -15,9 +15,11 @@ from ._errors import JobNotFound as JobNotFound
 from ._errors import PolicyViolation as PolicyViolation
 from ._errors import StorageError as StorageError
 from ._errors import TemplateNotFound as TemplateNotFound
+from ._errors import Unschedulable as Unschedulable
 from ._hosts import DockerHost as DockerHost
 from ._hosts import Host as Host
 from ._hosts import RegistryAuth as RegistryAuth
+from ._hosts import SwarmHost as SwarmHost
 from ._hosts import TLSConfig as TLSConfig
 from ._manager import JobManager as JobManager
 from ._models import AttemptOutcome as AttemptOutcome
@@ -73,8 +75,10 @@ __all__ = [
     "SecurityPolicy",
     "Storage",
     "StorageError",
+    "SwarmHost",
     "TLSConfig",
     "TemplateNotFound",
+    "Unschedulable",
     "WeightedLeastLoaded",
     "WeightedRandom",
     "storage_from_url",

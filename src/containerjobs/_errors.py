@@ -9,7 +9,8 @@ Every error the library raises on purpose derives from `ContainerJobsError`::
     ├── JobNotFound           (also KeyError)    an unknown job id
     ├── HostUnavailable                          a Docker host that cannot be reached
     ├── ExecutorError                            the engine refused or failed an operation
-    │   └── ImageNotFound                        an image that is absent and may not be pulled
+    │   ├── ImageNotFound                        an image that is absent and may not be pulled
+    │   └── Unschedulable                        no node can take the job now (Swarm)
     └── StorageError                             the job store failed
 
 Backends translate their driver's exceptions into these with ``raise ... from exc``,
@@ -59,3 +60,8 @@ class ImageNotFound(ExecutorError):
 
 class StorageError(ContainerJobsError):
     """The job store failed to read or write."""
+
+
+class Unschedulable(ExecutorError):
+    """An orchestrator found no node that may run the job now (its placement
+    constraints match none): the job waits in pending and is tried again."""

@@ -259,7 +259,13 @@ def _status_of(job: Job, end: End, cancel_reason: str) -> tuple[JobStatus, str |
         return JobStatus.COMPLETED, None
     detail = f": {end.exit.error}" if end.exit.error else ""
     code = end.exit.exit_code
-    if code is not None and code - 128 in (signal.SIGKILL, signal.SIGTERM):
+    if code == 128 + signal.SIGKILL:
+        # The engine said no OOM kill, or cannot tell (a Swarm task on another node).
+        detail += (
+            f" (killed by SIGKILL, not by containerjobs: the memory limit of "
+            f"{job.spec.memory_limit_mb} MB was likely hit, or host {job.host!r} stopped)"
+        )
+    elif code is not None and code - 128 == signal.SIGTERM:
         # Killed, and not by us: the daemon stopping does this to its containers.
         detail += (
             f" (killed by {signal.Signals(code - 128).name}, not by containerjobs: "

@@ -2,7 +2,8 @@
 
 `Host` is what the manager and the placement strategies know of a host: its name,
 weight, slots and whether it takes new work, and the executor that speaks to it.
-`DockerHost` adds how to reach a Docker daemon.
+`DockerHost` adds how to reach a Docker daemon; `SwarmHost`, a Swarm manager, whose
+cluster places the jobs itself.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 
@@ -19,7 +20,7 @@ from ._errors import HostUnavailable
 from ._images import canonical_registry
 
 if TYPE_CHECKING:
-    from .executors import DockerExecutor, Executor
+    from .executors import DockerExecutor, Executor, SwarmExecutor
 
 _SCHEMES = ("unix://", "tcp://", "http://", "https://")
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
@@ -104,6 +105,12 @@ class Host(Protocol):
         ...
 
 
+def takes_placement(host: Host) -> bool:
+    """Whether jobs with `JobSpec.placement` may go to `host`: an orchestrator that
+    places them itself says so with a true ``takes_placement`` attribute."""
+    return bool(getattr(host, "takes_placement", False))
+
+
 @attrs.frozen(repr=False)
 class RegistryAuth:
     """Credentials for one image registry. The password never appears in a repr."""
@@ -115,14 +122,16 @@ class RegistryAuth:
         return f"RegistryAuth(username={self.username!r}, password='***')"
 
 
-def _check_url(instance: DockerHost, _: attrs.Attribute[str], url: str) -> None:
+def _check_url(instance: DockerHost | SwarmHost, _: attrs.Attribute[str], url: str) -> None:
     if not isinstance(url, str) or not url.startswith(_SCHEMES):
         raise ValueError(
             f"host {instance.name!r}: url {url!r} must start with one of {', '.join(_SCHEMES)}"
         )
 
 
-def _positive_int(instance: DockerHost, attribute: attrs.Attribute[int], value: int) -> None:
+def _positive_int(
+    instance: DockerHost | SwarmHost, attribute: attrs.Attribute[int], value: int
+) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(
             f"host {instance.name!r}: {attribute.name} must be a whole number >= 1, got {value!r}"
@@ -188,3 +197,43 @@ class DockerHost:
         if url.startswith("tcp://") and (verify or env.get("DOCKER_TLS")):
             tls = TLSConfig.from_cert_path(cert_path, verify=verify)
         return cls(name, url, tls=tls, **kwargs)
+
+
+def _check_host_name(_: object, __: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"host name must be a non-empty str, got {value!r}")
+
+
+@attrs.frozen
+class SwarmHost:
+    """A Docker Swarm cluster, reached through one of its managers: the whole
+    cluster is one host with `max_concurrent_jobs` slots, and Swarm's scheduler
+    chooses the node of each job (honouring `JobSpec.placement`).
+
+    Args:
+        name: how jobs and `JobSpec.host` refer to it; unique within a manager.
+        url: a manager's API: ``unix:///var/run/docker.sock`` or ``tcp://host:port``.
+        tls: certificates for a ``tcp://`` manager; with them the connection is HTTPS.
+        registry_auth: credentials per registry host, sent with each service so that
+            every node can pull the job's image.
+        max_concurrent_jobs: jobs running at once on the whole cluster, at most.
+        weight: relative capacity, among this manager's hosts.
+        active: an inactive host gets no new jobs.
+    """
+
+    name: str = attrs.field(validator=_check_host_name)
+    url: str = attrs.field(validator=_check_url)
+    tls: TLSConfig | None = attrs.field(default=None, kw_only=True)
+    registry_auth: dict[str, RegistryAuth] = attrs.field(
+        factory=dict, converter=_to_auth, kw_only=True
+    )
+    max_concurrent_jobs: int = attrs.field(default=10, validator=_positive_int, kw_only=True)
+    weight: int = attrs.field(default=100, validator=_positive_int, kw_only=True)
+    active: bool = attrs.field(default=True, kw_only=True)
+
+    takes_placement: ClassVar[bool] = True
+
+    def executor(self) -> SwarmExecutor:
+        from .executors import SwarmExecutor
+
+        return SwarmExecutor(self)

@@ -22,7 +22,7 @@ from ._dispatch import HostSelectionStrategy, WeightedLeastLoaded
 from ._errors import ContainerJobsError, InvalidJobSpec
 from ._events import EventStream
 from ._health import HostMonitor, HostState
-from ._hosts import DockerHost, Host
+from ._hosts import DockerHost, Host, takes_placement
 from ._log import Logger, get_logger
 from ._models import (
     EnvironmentTemplate,
@@ -275,6 +275,8 @@ class JobManager:
                 f"JobSpec.host={spec.host!r} is not a host of this manager "
                 f"(hosts: {', '.join(monitor.names)})"
             )
+        if spec.placement and monitor is not None:
+            self._check_placement(spec, monitor)
         template: Mapping[str, str] | None = None
         if spec.environment_template is not None:
             template = (await self.storage.get_template(spec.environment_template)).variables
@@ -284,6 +286,22 @@ class JobManager:
         else:
             effective = self.policy.apply(spec, template)
         return Job(id=str(uuid.uuid4()), spec=effective, name=spec.name, created_at=utcnow())
+
+    @staticmethod
+    def _check_placement(spec: JobSpec, monitor: HostMonitor) -> None:
+        # Only an orchestrator (a SwarmHost) honours constraints; a plain host would
+        # run the job anywhere. A client (no hosts) leaves this to the workers.
+        placing = [state.name for state in monitor if takes_placement(state.host)]
+        if not placing:
+            raise InvalidJobSpec(
+                f"JobSpec.placement={spec.placement!r} needs a Swarm host, and this "
+                f"manager has none (hosts: {', '.join(monitor.names) or 'none'})"
+            )
+        if spec.host is not None and spec.host not in placing:
+            raise InvalidJobSpec(
+                f"JobSpec.placement={spec.placement!r} needs a Swarm host, and "
+                f"JobSpec.host={spec.host!r} is not one (Swarm hosts: {', '.join(placing)})"
+            )
 
     async def run(self, spec: JobSpec, *, timeout: float | None = None) -> Job:
         """Submit `spec` and wait for the job to end."""

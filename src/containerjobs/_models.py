@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import math
 import posixpath
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cached_property
@@ -226,6 +227,42 @@ class Mount:
         _require(posixpath.normpath(str(value)) != "/", "Mount.target may not be the root folder")
 
 
+# Swarm's constraint grammar: a node attribute, == or !=, a value.
+_CONSTRAINT = re.compile(r"\s*([A-Za-z0-9_.\-]+)\s*(==|!=)\s*(\S.*?)\s*")
+_CONSTRAINT_KEYS = ("node.id", "node.hostname", "node.role", "node.platform.os",
+                    "node.platform.arch")
+_CONSTRAINT_PREFIXES = ("node.labels.", "engine.labels.")
+
+
+def _to_placement(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, Sequence):
+        raise _type_error("placement", value, "a list of constraint strings")
+    out = []
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise _type_error(f"placement[{index}]", item, "a str")
+        match = _CONSTRAINT.fullmatch(item)
+        _require(
+            match is not None and "\x00" not in item,
+            f"JobSpec.placement[{index}]={item!r} is not a constraint: write "
+            "'attribute==value' or 'attribute!=value', such as 'node.labels.zone==a'",
+        )
+        assert match is not None
+        key = match.group(1)
+        _require(
+            key in _CONSTRAINT_KEYS
+            or (key.startswith(_CONSTRAINT_PREFIXES) and key not in _CONSTRAINT_PREFIXES),
+            f"JobSpec.placement[{index}]={item!r}: {key!r} is not a node attribute Swarm "
+            f"knows ({', '.join(_CONSTRAINT_KEYS)}, node.labels.NAME, engine.labels.NAME)",
+        )
+        out.append(f"{key}{match.group(2)}{match.group(3)}")
+    return tuple(out)
+
+
 def _to_networks(value: object) -> tuple[NetworkAttachment, ...]:
     if value is None:
         return ()
@@ -290,6 +327,7 @@ class JobSpec:
     mounts: tuple[Mount, ...] = attrs.field(kw_only=True, default=(), converter=_to_mounts)
     host: str | None = attrs.field(kw_only=True, default=None)
     pull_policy: PullPolicy = attrs.field(kw_only=True, default="if-not-present")
+    placement: tuple[str, ...] = attrs.field(kw_only=True, default=(), converter=_to_placement)
     max_retries: int = attrs.field(kw_only=True, default=0)
     priority: int = attrs.field(kw_only=True, default=0)
 

@@ -14,7 +14,7 @@ from ._images import canonical_registry, parse_image
 from ._log import get_logger
 from ._models import Job, JobSpec, Mount
 from ._users import UserSpecError, parse_user_spec
-from .executors._base import LABEL_ATTEMPT, LABEL_JOB_ID, LaunchRequest
+from .executors._base import LABEL_ATTEMPT, LABEL_JOB_ID, UNENFORCEABLE, LaunchRequest
 
 _log = get_logger("containerjobs.policy")
 
@@ -58,6 +58,10 @@ class SecurityPolicy:
     Docker reads ("00", "+0", "0:0", "65534:root"); a user name, or a uid without a
     group, is resolved against the image's own /etc/passwd and /etc/group when the
     job launches, and refused there if it is root.
+
+    An engine that cannot express a hardening setting refuses the job, unless that
+    setting is named in `allow_unenforced`: on a Swarm host older than API 1.46,
+    ``allow_unenforced=("no-new-privileges",)`` lets jobs run without it.
     """
 
     max_memory_mb: int = 2048
@@ -77,6 +81,7 @@ class SecurityPolicy:
     pids_limit: int | None = 256
     allowed_registries: tuple[str, ...] | None = attrs.field(default=None, converter=_tuple_or_none)
     allowed_mount_sources: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    allow_unenforced: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
     def __attrs_post_init__(self) -> None:
         for low, high, what in (
@@ -94,6 +99,13 @@ class SecurityPolicy:
         if self.max_retries < 0 or self.max_environment_bytes <= 0:
             raise ValueError(
                 "SecurityPolicy: max_retries must be >= 0 and max_environment_bytes > 0"
+            )
+        unknown = sorted(set(self.allow_unenforced) - UNENFORCEABLE)
+        if unknown:
+            raise ValueError(
+                f"SecurityPolicy: allow_unenforced names {', '.join(map(repr, unknown))}, "
+                f"not a setting an engine may leave unenforced "
+                f"({', '.join(sorted(UNENFORCEABLE))})"
             )
         try:
             default_user = parse_user_spec(self.default_user)
@@ -138,6 +150,8 @@ class SecurityPolicy:
             mounts=spec.mounts,
             networks=spec.networks,
             pull_policy=spec.pull_policy,
+            placement=spec.placement,
+            allow_unenforced=frozenset(self.allow_unenforced),
         )
 
     def apply(self, spec: JobSpec, template: Mapping[str, str] | None = None) -> JobSpec:

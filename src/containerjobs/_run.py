@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from datetime import timedelta
 from functools import partial
 from typing import Any, TypeVar
 
@@ -24,6 +25,7 @@ from ._errors import (
     InvalidJobSpec,
     PolicyViolation,
     StorageError,
+    Unschedulable,
 )
 from ._harvest import End, Output, Usage, outcome
 from ._health import HostMonitor, HostState
@@ -45,6 +47,8 @@ _LOG_DRAIN_GRACE = 5.0
 _KILL_GRACE = 30.0
 _EARLY_END_GRACE = 2.0  # a log stream ended this long before the exit ended early
 _PERSIST_RETRIES = (0.5, 1.0, 2.0, 4.0, 8.0)
+# How soon a job no node could take is offered to the hosts again.
+_PLACEMENT_RETRY = 5.0
 
 
 @attrs.define
@@ -136,7 +140,11 @@ class JobRun:
                 # A LostRace here means an adopter changed it (writes check the
                 # owner): the container is the adopter's now, so it is left alone.
                 self.job = await self.board.advance(
-                    job, JobStatus.RUNNING, container_id=container_id, started_at=utcnow()
+                    job,
+                    JobStatus.RUNNING,
+                    container_id=container_id,
+                    started_at=utcnow(),
+                    error=None,  # a wait for placement is over
                 )
             self.log.info("job.running", adopted=self.adopt is not None)
             await self._watch(container_id, lines)
@@ -163,6 +171,17 @@ class JobRun:
             return await self.state.executor.launch(
                 self.policy.launch_request(job, labels=labels)
             )
+        except Unschedulable as exc:
+            # The orchestrator has no node for it now: back to the queue, saying why,
+            # to be tried again later (the attempt did not happen).
+            self.log.info("job.unschedulable", error=str(exc), retry_in=_PLACEMENT_RETRY)
+            await self.board.requeue(
+                job,
+                attempts=job.attempts - 1,
+                error=f"waiting to be placed: {exc}",
+                retry_at=utcnow() + timedelta(seconds=_PLACEMENT_RETRY),
+            )
+            return None
         except ContainerJobsError as exc:
             failure = exc
         self.log.warning("job.launch_failed", error=str(failure))

@@ -15,7 +15,7 @@ from anyio.abc import TaskGroup
 from ._dispatch import HostLoad, HostSelectionStrategy
 from ._errors import ContainerJobsError
 from ._health import HostMonitor, HostState
-from ._hosts import Host
+from ._hosts import Host, takes_placement
 from ._log import Logger
 from ._logs import LogHub
 from ._models import Job
@@ -173,7 +173,14 @@ class Worker:
             # has a host with a free slot; the strategy chooses among those.
             if not self._accepting:
                 return None  # closing: take no more work
-            candidates = [HostLoad(usable[name].host, running) for name, running in loads.items()]
+            candidates = [
+                HostLoad(usable[name].host, running)
+                for name, running in loads.items()
+                # Constraints are an orchestrator's to honour: only its hosts qualify.
+                if not job.spec.placement or takes_placement(usable[name].host)
+            ]
+            if not candidates:
+                return None
             choice = self._strategy.select(job, candidates)
             if choice is None:
                 return None

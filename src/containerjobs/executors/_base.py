@@ -24,6 +24,10 @@ LABEL_MANAGER = "containerjobs.manager"
 LABEL_ATTEMPT = "containerjobs.attempt"
 LABEL_STORE = "containerjobs.store"
 
+# The hardening settings an engine may be unable to express, by the names
+# `SecurityPolicy.allow_unenforced` takes.
+UNENFORCEABLE = frozenset({"no-new-privileges"})
+
 
 @attrs.frozen
 class OutputLine:
@@ -74,6 +78,12 @@ class LaunchRequest:
         drop_capabilities: drop every Linux capability.
         no_new_privileges: forbid gaining privileges (setuid binaries).
         mounts: host folders to bind, their sources resolved and allowed.
+        placement: constraints on the node the job runs on, for an engine that
+            places jobs itself (Swarm); an engine that does not must refuse them.
+        allow_unenforced: hardening settings (named as in `UNENFORCEABLE`) the
+            policy lets run unenforced where the engine cannot express them. An
+            engine that cannot apply a setting asked for, and not listed here, must
+            refuse the job with `PolicyViolation` saying which setting and why.
     """
 
     job: Job
@@ -94,6 +104,8 @@ class LaunchRequest:
     mounts: tuple[Mount, ...]
     networks: tuple[NetworkAttachment, ...]
     pull_policy: PullPolicy
+    placement: tuple[str, ...] = ()
+    allow_unenforced: frozenset[str] = frozenset()
 
     @property
     def job_id(self) -> str:

@@ -23,29 +23,24 @@ import base64
 import io
 import json
 import tarfile
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from datetime import datetime
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
-import aiodocker
 import aiohttp
 import anyio
 from aiodocker.exceptions import DockerError
-from aiodocker.utils import compose_auth_header
 
 from .. import _users
 from .._errors import (
     ContainerJobsError,
     ExecutorError,
-    HostUnavailable,
     ImageNotFound,
     InvalidJobSpec,
     PolicyViolation,
 )
-from .._hosts import DockerHost, TLSConfig
-from .._images import parse_image
+from .._hosts import DockerHost
 from .._log import get_logger
 from ._base import (
     LABEL_ATTEMPT,
@@ -58,57 +53,18 @@ from ._base import (
     PullResult,
     ResourceSample,
 )
-from ._docker_logs import DockerLogReader, parse_stamp, stamp_datetime
+from ._docker_logs import DockerLogReader
+from ._engine import FOREVER, EngineAPI, parse_time, translate
 
 _log = get_logger("containerjobs.docker")
 
-# Long-lived streams must not time out; control calls get a bound.
-_FOREVER = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
-_CONTROL = aiohttp.ClientTimeout(total=60, sock_connect=10)
 # Per running job: its log stream, its stats stream and its wait, plus control calls.
 _CONNECTIONS_PER_JOB = 3
 _SPARE_CONNECTIONS = 8
 _OOM_RECHECKS = (0.05, 0.1, 0.2, 0.4)
-
-
-def _parse_time(text: str) -> datetime | None:
-    # The stamps of stats and of a container's state, read like those of log frames.
-    # The zero time means "never".
-    if not text or text.startswith("0001-"):
-        return None
-    return stamp_datetime(parse_stamp(text.encode("ascii")))
-
-
-@contextmanager
-def _translate(host: str, what: str) -> Iterator[None]:
-    """Map aiodocker and aiohttp errors to ours, in one place."""
-    try:
-        yield
-    except ContainerJobsError:
-        raise
-    except DockerError as exc:
-        if exc.status == 900 and ("CERTIFICATE" in exc.message or "SSL" in exc.message):
-            raise HostUnavailable(
-                f"TLS with host {host!r} failed while {what} (check the host's TLSConfig: "
-                f"ca_cert, client_cert, client_key): {exc.message}"
-            ) from exc
-        if exc.status == 900:  # aiodocker's "cannot connect"
-            raise HostUnavailable(
-                f"host {host!r} is unreachable while {what}: {exc.message}"
-            ) from exc
-        raise ExecutorError(f"{what} on host {host!r} failed: {exc.message}") from exc
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        raise HostUnavailable(
-            f"host {host!r} is unreachable while {what}: {exc or type(exc).__name__}"
-        ) from exc
-    except ValueError as exc:  # a reply that is not the JSON the API promises
-        raise ExecutorError(f"{what} on host {host!r}: unreadable reply: {exc}") from exc
-
-
-def _gone_or_stopped(exc: ExecutorError) -> bool:
-    # 404: no such container; 409: not running, or a removal already in progress.
-    cause = exc.__cause__
-    return isinstance(cause, DockerError) and cause.status in (404, 409)
+# The label Docker puts on the containers of Swarm tasks: those are the Swarm
+# executor's, never this one's, even on a daemon that is both.
+SWARM_TASK_LABEL = "com.docker.swarm.task.id"
 
 
 class DockerExecutor:
@@ -116,7 +72,13 @@ class DockerExecutor:
 
     def __init__(self, host: DockerHost) -> None:
         self._host = host
-        self._docker: aiodocker.Docker | None = None
+        self._engine = EngineAPI(
+            host.name,
+            host.url,
+            tls=host.tls,
+            registry_auth=host.registry_auth,
+            connections=host.max_concurrent_jobs * _CONNECTIONS_PER_JOB + _SPARE_CONNECTIONS,
+        )
         self._killed: set[str] = set()  # containers we sent SIGKILL to
 
     @property
@@ -130,58 +92,13 @@ class DockerExecutor:
     # --- connection --------------------------------------------------------------
 
     async def open(self) -> None:
-        if self._docker is not None:
-            return
-        limit = self._host.max_concurrent_jobs * _CONNECTIONS_PER_JOB + _SPARE_CONNECTIONS
-        url = self._host.url
-        connector: aiohttp.BaseConnector
-        if url.startswith("unix://"):
-            connector = aiohttp.UnixConnector(url[len("unix://") :], limit=limit)
-            url = "unix://localhost"  # aiodocker composes request URLs from it
-        elif self._host.tls is not None or url.startswith("https://"):
-            # An https:// URL without TLSConfig verifies against the system's CAs.
-            tls = self._host.tls or TLSConfig()
-            ssl_context = tls.ssl_context()
-            connector = aiohttp.TCPConnector(ssl=ssl_context, limit=limit)
-            url = "https://" + url.split("://", 1)[1]
-        else:
-            connector = aiohttp.TCPConnector(limit=limit)
-            url = "http://" + url.split("://", 1)[1]
-        # The connector is ours to close; aiodocker does not own a caller's connector.
-        self._connector = connector
-        self._docker = aiodocker.Docker(url=url, connector=connector, timeout=_CONTROL)
+        await self._engine.open()
 
     async def close(self) -> None:
-        docker, self._docker = self._docker, None
-        if docker is not None:
-            await docker.close()
-            await self._connector.close()
-
-    @property
-    def _client(self) -> aiodocker.Docker:
-        if self._docker is None:
-            raise ExecutorError(f"executor for host {self.name!r} is not open")
-        return self._docker
-
-    @asynccontextmanager
-    async def _response(self, path: str, **kwargs: Any) -> AsyncIterator[aiohttp.ClientResponse]:
-        # aiodocker's _query hands the response over and never releases it: a stream
-        # we stop reading (cancelled logs or stats, a broken pull) would hold its
-        # connection until the garbage collector complains. Release it on the way out:
-        # a connection whose reply was read whole goes back to the pool, any other is
-        # closed.
-        async with self._client._query(path, **kwargs) as response:
-            try:
-                yield response
-            finally:
-                response.release()
+        await self._engine.close()
 
     async def ping(self) -> None:
-        with _translate(self.name, "checking its health"):
-            async with self._response("_ping", versioned_api=False) as response:
-                await response.read()
-            # Resolve the API version now rather than on the first job's hot path.
-            await self._client._check_version()
+        await self._engine.ping()
 
     # --- launch -------------------------------------------------------------------
 
@@ -238,6 +155,13 @@ class DockerExecutor:
 
     async def launch(self, request: LaunchRequest) -> str:
         job_id = request.job_id
+        if request.placement:
+            # The manager sends such jobs to Swarm hosts only; a request made by hand
+            # is refused rather than run without its constraints.
+            raise InvalidJobSpec(
+                f"JobSpec.placement={request.placement!r} needs a Swarm host; host "
+                f"{self.name!r} is a plain Docker daemon, which places nothing"
+            )
         config = self._container_config(request)
         name = f"cj-{job_id}-{request.attempt}"
         user = self._user_to_resolve(request)
@@ -249,8 +173,8 @@ class DockerExecutor:
             if user is not None:
                 await self._refuse_root_in_image(request, container_id, user)
             for net in request.networks[1:]:
-                with _translate(self.name, f"connecting job {job_id} to network {net.name!r}"):
-                    await self._client._query_json(
+                with translate(self.name, f"connecting job {job_id} to network {net.name!r}"):
+                    await self._engine.json(
                         f"networks/{net.name}/connect",
                         method="POST",
                         data=json.dumps(
@@ -260,8 +184,8 @@ class DockerExecutor:
                             }
                         ),
                     )
-            with _translate(self.name, f"starting the container of job {job_id}"):
-                await self._client._query_json(f"containers/{container_id}/start", method="POST")
+            with translate(self.name, f"starting the container of job {job_id}"):
+                await self._engine.json(f"containers/{container_id}/start", method="POST")
             return container_id
         except BaseException:
             # A failed or cancelled launch leaves nothing behind. The create may have
@@ -273,9 +197,9 @@ class DockerExecutor:
     async def _create(self, request: LaunchRequest, config: dict[str, Any], name: str) -> str:
         image = request.image
         for attempt in range(2):
-            with _translate(self.name, f"creating the container of job {request.job_id}"):
+            with translate(self.name, f"creating the container of job {request.job_id}"):
                 try:
-                    data = await self._client._query_json(
+                    data = await self._engine.json(
                         "containers/create",
                         method="POST",
                         params={"name": name},
@@ -307,44 +231,7 @@ class DockerExecutor:
             raise ImageNotFound(result.error or f"pulling image {image!r} failed")
 
     async def pull(self, image: str) -> PullResult:
-        ref = parse_image(image)
-        auth = self._host.registry_auth.get(ref.registry)
-        where = f"image {image!r} from registry {ref.registry!r}"
-        params = {"fromImage": image}
-        if ref.tag is None and ref.digest is None:
-            params["tag"] = "latest"  # without it the daemon pulls every tag
-        headers = {}
-        if auth is not None:
-            headers["X-Registry-Auth"] = compose_auth_header(
-                {"username": auth.username, "password": auth.password}, ref.registry
-            )
-        _log.info("image.pull", image=image, host=self.name, authenticated=auth is not None)
-        try:
-            with _translate(self.name, f"pulling {where}"):
-                async with self._response(
-                    "images/create",
-                    method="POST",
-                    params=params,
-                    headers=headers,
-                    timeout=_FOREVER,
-                ) as response:
-                    # Every message is checked: a refused pull still answers 200.
-                    async for raw in response.content:
-                        if not raw.strip():
-                            continue
-                        message = json.loads(raw)
-                        if "error" in message or "errorDetail" in message:
-                            detail = message.get("errorDetail", {}).get("message") or message.get(
-                                "error"
-                            )
-                            return PullResult(
-                                image,
-                                False,
-                                f"pulling {where} on host {self.name!r} failed: {detail}",
-                            )
-        except ExecutorError as exc:
-            return PullResult(image, False, str(exc))
-        return PullResult(image, True)
+        return await self._engine.pull(image)
 
     # --- running ------------------------------------------------------------------
 
@@ -355,38 +242,21 @@ class DockerExecutor:
     async def _log_stream(
         self, container_id: str, params: dict[str, str]
     ) -> AsyncIterator[aiohttp.StreamReader]:
-        with _translate(self.name, f"reading the logs of container {container_id[:12]}"):
-            async with self._response(
-                f"containers/{container_id}/logs", params=params, timeout=_FOREVER
+        with translate(self.name, f"reading the logs of container {container_id[:12]}"):
+            async with self._engine.response(
+                f"containers/{container_id}/logs", params=params, timeout=FOREVER
             ) as response:
                 yield response.content
 
-    async def stats(self, container_id: str) -> AsyncIterator[ResourceSample]:
-        with _translate(self.name, f"reading the stats of container {container_id[:12]}"):
-            async with self._response(
-                f"containers/{container_id}/stats", params={"stream": "1"}, timeout=_FOREVER
-            ) as response:
-                async for raw in response.content:
-                    if not raw.strip():
-                        continue
-                    data = json.loads(raw)
-                    memory = data.get("memory_stats") or {}
-                    cpu = (data.get("cpu_stats") or {}).get("cpu_usage") or {}
-                    if not memory.get("usage") and not cpu.get("total_usage"):
-                        continue  # the empty reading of a container that has stopped
-                    yield ResourceSample(
-                        memory_bytes=int(memory.get("usage") or 0),
-                        memory_peak_bytes=memory.get("max_usage"),  # cgroup v1 only
-                        cpu_total_ns=int(cpu.get("total_usage") or 0),
-                        read_at=_parse_time(data.get("read") or ""),
-                    )
+    def stats(self, container_id: str) -> AsyncIterator[ResourceSample]:
+        return self._engine.container_stats(container_id)
 
     async def wait(self, container_id: str) -> ExitStatus:
-        with _translate(self.name, f"waiting for container {container_id[:12]}"):
-            await self._client._query_json(
-                f"containers/{container_id}/wait", method="POST", timeout=_FOREVER
+        with translate(self.name, f"waiting for container {container_id[:12]}"):
+            await self._engine.json(
+                f"containers/{container_id}/wait", method="POST", timeout=FOREVER
             )
-            state = await self._state(container_id)
+            state = await self._engine.container_state(container_id)
             # The daemon learns of an OOM kill from an event that can land just after
             # the wait returns: a SIGKILL we did not send gets a second look.
             for delay in _OOM_RECHECKS:
@@ -397,41 +267,22 @@ class DockerExecutor:
                 ):
                     break
                 await anyio.sleep(delay)
-                state = await self._state(container_id)
+                state = await self._engine.container_state(container_id)
         self._killed.discard(container_id)
         return ExitStatus(
             exit_code=state.get("ExitCode"),
             oom_killed=bool(state.get("OOMKilled")),
             error=state.get("Error") or None,
-            finished_at=_parse_time(state.get("FinishedAt") or ""),
+            finished_at=parse_time(state.get("FinishedAt") or ""),
         )
-
-    async def _state(self, container_id: str) -> dict[str, Any]:
-        info = await self._client._query_json(f"containers/{container_id}/json")
-        return dict(info.get("State") or {})
 
     async def kill(self, container_id: str) -> None:
         self._killed.add(container_id)
-        try:
-            with _translate(self.name, f"killing container {container_id[:12]}"):
-                await self._client._query_json(f"containers/{container_id}/kill", method="POST")
-        except ExecutorError as exc:
-            if not _gone_or_stopped(exc):
-                raise
+        await self._engine.kill_container(container_id)
 
     async def remove(self, container_id: str) -> None:
         self._killed.discard(container_id)
-        try:
-            with _translate(self.name, f"removing container {container_id[:12]}"):
-                async with self._response(
-                    f"containers/{container_id}",
-                    method="DELETE",
-                    params={"force": "1", "v": "1"},
-                ):
-                    pass
-        except ExecutorError as exc:
-            if not _gone_or_stopped(exc):
-                raise
+        await self._engine.remove_container(container_id)
 
     async def _remove_quietly(self, container_id: str | None, job_id: str) -> None:
         try:
@@ -447,8 +298,8 @@ class DockerExecutor:
 
     async def find(self, *, job_id: str | None = None) -> list[ContainerInfo]:
         label = LABEL_JOB_ID if job_id is None else f"{LABEL_JOB_ID}={job_id}"
-        with _translate(self.name, "listing containers"):
-            found = await self._client._query_json(
+        with translate(self.name, "listing containers"):
+            found = await self._engine.json(
                 "containers/json", params={"all": "1", "filters": json.dumps({"label": [label]})}
             )
         return [
@@ -463,6 +314,7 @@ class DockerExecutor:
                 attempt=int(item["Labels"].get(LABEL_ATTEMPT) or 0),
             )
             for item in found
+            if SWARM_TASK_LABEL not in item["Labels"]
         ]
 
     # --- the user a job runs as -----------------------------------------------------
@@ -528,9 +380,9 @@ class DockerExecutor:
         """The bytes of `path` in the container, symlinks followed as Docker follows
         them; None when it is absent or not a regular file (Docker then reads none)."""
         for _ in range(_MAX_SYMLINKS):
-            with _translate(self.name, f"reading {path} in container {container_id[:12]}"):
+            with translate(self.name, f"reading {path} in container {container_id[:12]}"):
                 try:
-                    async with self._response(
+                    async with self._engine.response(
                         f"containers/{container_id}/archive", params={"path": path}
                     ) as response:
                         # The daemon's stat of the path: Go's FileMode, the size, and for a

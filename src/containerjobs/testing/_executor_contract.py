@@ -50,9 +50,12 @@ class ExecutorContract:
         image: an image the engine has (or can pull), able to run `program`'s output.
         missing_image: an image the engine does not have and cannot pull.
         kill_timeout: seconds a killed container may take to be reported stopped.
+        policy: the security policy the suite's requests are made with (an engine
+            that cannot express a default lets it run unenforced here).
     """
 
     image: ClassVar[str] = ""
+    policy: ClassVar[SecurityPolicy] = SecurityPolicy()
     missing_image: ClassVar[str] = "containerjobs-test/absent:never"
     kill_timeout: ClassVar[float] = 30.0
 
@@ -96,7 +99,7 @@ class ExecutorContract:
     ) -> LaunchRequest:
         """A launch request for a new job running `command` (in `image`, by default
         the suite's), hardened by the default policy, as the manager would make it."""
-        policy = SecurityPolicy()
+        policy = self.policy
         job = Job(
             id=str(uuid.uuid4()),
             spec=policy.apply(JobSpec(image or self.image, command, **spec)),
