@@ -451,3 +451,27 @@ async def test_a_docker_manager_is_told_it_is_not_a_swarm_manager(testbed: Bed) 
     finally:
         await executor.close()
 
+
+
+# --- the command ------------------------------------------------------------------------
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "containerjobs.cli", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_cli_runs_a_job_on_the_swarm(image: str, zone: str, no_services: None) -> None:
+    done = cli("run", "--swarm", "--allow-unenforced", "no-new-privileges",
+               "--placement", f"node.labels.{ZONE_LABEL}=={zone}",
+               image, "sh", "-c", "echo out; echo err >&2; exit 4")
+    assert (done.returncode, done.stdout) == (4, "out\n")
+    assert done.stderr.startswith("err\n") and "exited with code 4" in done.stderr
+
+
+def test_the_cli_says_what_a_swarm_job_lacks(image: str, no_services: None) -> None:
+    refused = cli("run", "--swarm", image, "true")
+    assert refused.returncode == 125  # the default policy: no-new-privileges is a gap
+    assert "allow_unenforced" in refused.stderr
+    plain = cli("run", "--placement", "node.role==manager", image, "true")
+    assert plain.returncode == 2 and "needs a Swarm host" in plain.stderr

@@ -20,9 +20,11 @@ from typing import Any
 import anyio
 
 from ._errors import ContainerJobsError
-from ._hosts import DockerHost, TLSConfig
+from ._hosts import DockerHost, Host, SwarmHost, TLSConfig
 from ._manager import JobManager
 from ._models import PULL_POLICIES, Job, JobSpec, JobStatus, LogLine
+from ._policy import SecurityPolicy
+from .executors import UNENFORCEABLE
 from .storage import InMemoryStorage, Storage
 from .storage._codec import converter
 from .storage._url import storage_from_url
@@ -64,6 +66,17 @@ def _parser() -> argparse.ArgumentParser:
             "$CONTAINERJOBS_DB" + (")" if required else ", else in memory)"),
         )
 
+    def unenforced_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--allow-unenforced",
+            action="append",
+            default=[],
+            choices=sorted(UNENFORCEABLE),
+            metavar="SETTING",
+            help="let jobs run where an engine cannot enforce this hardening setting "
+            f"(repeatable; one of: {', '.join(sorted(UNENFORCEABLE))})",
+        )
+
     run = commands.add_parser("run", help="run a job and stream its output")
     run.add_argument("image")
     run.add_argument(
@@ -98,6 +111,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--host", metavar="URL", help="Docker daemon (default: DOCKER_HOST, else the local socket)"
     )
+    run.add_argument(
+        "--swarm",
+        action="store_true",
+        help="run the job as a one-shot service on the daemon's Swarm (it must be a manager)",
+    )
+    run.add_argument(
+        "--placement",
+        action="append",
+        default=[],
+        metavar="CONSTRAINT",
+        help="a Swarm constraint such as node.labels.zone==a (repeatable; needs --swarm)",
+    )
+    unenforced_option(run)
     store_option(run, required=False)
 
     worker = commands.add_parser(
@@ -134,6 +160,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     store_option(worker, required=True)
 
+    worker.add_argument(
+        "--swarm",
+        dest="swarms",
+        action="append",
+        default=[],
+        type=_host,
+        metavar="[NAME=]URL",
+        help="a Swarm manager to run jobs on, the whole cluster as one host (repeatable)",
+    )
+    unenforced_option(worker)
+
     jobs = commands.add_parser("jobs", help="list jobs, newest first")
     jobs.add_argument("--status", choices=[s.value for s in JobStatus])
     jobs.add_argument("--limit", type=int, default=20)
@@ -168,11 +205,11 @@ def _host(text: str) -> tuple[str | None, str]:
     return None, text
 
 
-def _worker_hosts(args: argparse.Namespace) -> list[DockerHost]:
-    if not args.hosts:
+def _worker_hosts(args: argparse.Namespace) -> list[Host]:
+    if not args.hosts and not args.swarms:
         return [DockerHost.from_env(max_concurrent_jobs=args.max_jobs)]
     tls = TLSConfig.from_cert_path(args.tls_dir) if args.tls_dir else None
-    return [
+    hosts: list[Host] = [
         DockerHost(
             name or f"host{i}",
             url,
@@ -181,12 +218,27 @@ def _worker_hosts(args: argparse.Namespace) -> list[DockerHost]:
         )
         for i, (name, url) in enumerate(args.hosts, start=1)
     ]
+    hosts += [
+        SwarmHost(
+            name or f"swarm{i}",
+            url,
+            max_concurrent_jobs=args.max_jobs,
+            tls=tls if url.startswith("tcp://") else None,
+        )
+        for i, (name, url) in enumerate(args.swarms, start=1)
+    ]
+    return hosts
+
+
+def _policy(args: argparse.Namespace) -> SecurityPolicy:
+    return SecurityPolicy(allow_unenforced=tuple(args.allow_unenforced))
 
 
 async def _work(args: argparse.Namespace) -> int:
     manager = JobManager(
         hosts=_worker_hosts(args),
         storage=_storage(args),
+        policy=_policy(args),
         on_exit=args.on_exit,
         lease_ttl=args.lease_ttl,
     )
@@ -262,9 +314,13 @@ async def _run(args: argparse.Namespace) -> int:
         user=args.user,
         working_directory=args.workdir,
         pull_policy=args.pull,
+        placement=args.placement,
     )
-    host = DockerHost("local", args.host) if args.host else DockerHost.from_env()
-    async with JobManager(hosts=[host], storage=_storage(args)) as manager:
+    host: Host = DockerHost("local", args.host) if args.host else DockerHost.from_env()
+    if args.swarm:
+        assert isinstance(host, DockerHost)
+        host = SwarmHost("swarm", host.url, tls=host.tls)
+    async with JobManager(hosts=[host], storage=_storage(args), policy=_policy(args)) as manager:
         health = (await manager.health())[host.name]
         if not health.healthy:
             print(f"containerjobs: {health.error}", file=sys.stderr)
