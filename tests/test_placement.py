@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 import containerjobs as cj
@@ -81,3 +82,26 @@ async def test_a_job_no_node_can_take_waits_in_pending_saying_why() -> None:
         cj.JobStatus.COMPLETED, "placed at last\n", 1, None
     )
     assert done.previous_attempts == ()  # waiting for a node is no attempt
+
+
+@pytest.mark.parametrize("error", [
+    cj.Unschedulable("Swarm host 's' has no node for job now: no suitable node"),
+    cj.ExecutorError("the daemon refused the create"),  # retryable: max_retries=3 below
+])
+async def test_a_job_cancelled_while_its_launch_fails_ends_cancelled(error: Exception) -> None:
+    # Neither back to the queue (to wait for a node, or for a retry) nor run after all.
+    manager: cj.JobManager
+    launches: list[str] = []
+
+    def behaviour(job: cj.Job) -> FakeRun:
+        launches.append(job.id)
+        assert manager._worker is not None
+        manager._worker.runs[job.id].request_cancel()  # lands while launch runs
+        return FakeRun(launch_error=error)
+
+    cluster = FakeCluster(behaviour)
+    async with cj.JobManager(hosts=[swarm("s")], executor_factory=cluster) as manager:
+        job = await manager.submit(attrs.evolve(PLACED, max_retries=3))
+        done = await manager.wait(job.id, timeout=10)
+    assert (done.status, done.error) == (cj.JobStatus.CANCELLED, "cancelled")
+    assert launches == [job.id]  # tried once, never again

@@ -242,6 +242,8 @@ async def test_a_gap_the_policy_does_not_allow_is_refused(
 def test_the_policy_only_lets_known_settings_go_unenforced() -> None:
     with pytest.raises(ValueError, match="no-new-privileges"):
         cj.SecurityPolicy(allow_unenforced=("no_new_privileges",))
+    one = cj.SecurityPolicy(allow_unenforced="no-new-privileges")  # type: ignore[arg-type]
+    assert one.allow_unenforced == ("no-new-privileges",)
 
 
 async def test_a_named_user_is_refused_on_swarm(swarm: cj.JobManager, image: str) -> None:

@@ -42,6 +42,11 @@ def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
+def _names(value: str | Sequence[str]) -> tuple[str, ...]:
+    # One name given alone is one name, not its characters.
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 def _tuple_or_none(value: Sequence[str] | None) -> tuple[str, ...] | None:
     return None if value is None else tuple(value)
 
@@ -81,7 +86,7 @@ class SecurityPolicy:
     pids_limit: int | None = 256
     allowed_registries: tuple[str, ...] | None = attrs.field(default=None, converter=_tuple_or_none)
     allowed_mount_sources: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    allow_unenforced: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    allow_unenforced: tuple[str, ...] = attrs.field(default=(), converter=_names)
 
     def __attrs_post_init__(self) -> None:
         for low, high, what in (

@@ -172,6 +172,8 @@ class JobRun:
                 self.policy.launch_request(job, labels=labels)
             )
         except Unschedulable as exc:
+            if await self._cancelled_meanwhile(job):
+                return None
             # The orchestrator has no node for it now: back to the queue, saying why,
             # to be tried again later (the attempt did not happen).
             self.log.info("job.unschedulable", error=str(exc), retry_in=_PLACEMENT_RETRY)
@@ -185,6 +187,8 @@ class JobRun:
         except ContainerJobsError as exc:
             failure = exc
         self.log.warning("job.launch_failed", error=str(failure))
+        if await self._cancelled_meanwhile(job):
+            return None
         if isinstance(failure, HostUnavailable):
             # Ask the host itself: a job's own failure (a create that timed out on a
             # huge request) must not take a host that answers out of service.
@@ -194,6 +198,16 @@ class JobRun:
         retryable = not isinstance(failure, ImageNotFound | PolicyViolation | InvalidJobSpec)
         await self.board.finish_or_retry(job, JobStatus.FAILED, str(failure), retryable=retryable)
         return None
+
+    async def _cancelled_meanwhile(self, job: Job) -> bool:
+        # A job cancelled while its launch failed ends cancelled: it must not go back
+        # to the queue (to wait for a node, or for a retry) and run after all.
+        if not self._cancel.is_set():
+            return False
+        await self.board.advance(
+            job, JobStatus.CANCELLED, error=self._cancel_reason, completed_at=utcnow()
+        )
+        return True
 
     async def _watch(self, container_id: str, lines: _Lines) -> None:
         executor, log = self.state.executor, self.log
