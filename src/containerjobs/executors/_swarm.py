@@ -26,7 +26,8 @@ What shapes this module, checked against Docker 20.10 (API 1.41):
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -72,8 +73,11 @@ _SPARE_CONNECTIONS = 8
 # no-new-privileges for a service's containers with 1.46 (Docker 27).
 MIN_API = (1, 41)
 NO_NEW_PRIVILEGES_API = (1, 46)
-# How often a task's state is read: quickly at first, then less often.
+# How often a task's state is read: often in its first seconds, when it changes and
+# a job's start or end waits on it, then less and less often.
 _POLL_FIRST = 0.02
+_POLL_SOON = 0.05
+_SOON = 5.0
 _POLL_MOST = 1.0
 # How long a task may wait for the scheduler without a word before the job is
 # handed back to the queue as not placeable.
@@ -111,6 +115,15 @@ def _ran(task: dict[str, Any]) -> bool:
     return state == "complete" or error.startswith(_EXIT_ERROR) or (
         state == "shutdown" and bool(_container_of(task).get("ContainerID"))
     )
+
+
+def _pauses() -> Iterator[float]:
+    """The pauses between reads of a task's state."""
+    began, pause = time.monotonic(), _POLL_FIRST
+    while True:
+        yield pause
+        most = _POLL_SOON if time.monotonic() - began < _SOON else _POLL_MOST
+        pause = min(pause * 1.25, most)
 
 
 def _newest(tasks: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -298,7 +311,7 @@ class SwarmExecutor:
 
     async def _until_running(self, request: LaunchRequest, service_id: str) -> None:
         """Return once the service's task runs (or ran); raise when it cannot."""
-        interval = _POLL_FIRST
+        pauses = _pauses()
         task: dict[str, Any] | None = None
         with anyio.move_on_after(_PLACEMENT_WAIT):
             while (task := await self._task(service_id)) is None or _state(task) in _UNPLACED:
@@ -307,8 +320,7 @@ class SwarmExecutor:
                         f"Swarm host {self.name!r} has no node for job {request.job_id} "
                         f"now: {reason} (placement: {', '.join(request.placement) or 'none'})"
                     )
-                await anyio.sleep(interval)
-                interval = min(interval * 1.5, _POLL_MOST)
+                await anyio.sleep(next(pauses))
         if task is None or _state(task) in _UNPLACED:
             raise Unschedulable(
                 f"Swarm host {self.name!r} did not place job {request.job_id} within "
@@ -316,8 +328,7 @@ class SwarmExecutor:
             )
         # Assigned to a node: pulling and starting may take as long as the image does.
         while _state(task) in _NOT_STARTED:
-            await anyio.sleep(interval)
-            interval = min(interval * 1.5, _POLL_MOST)
+            await anyio.sleep(next(pauses))
             task = await self._task(service_id) or task
         if _ran(task):
             return
@@ -349,7 +360,7 @@ class SwarmExecutor:
     async def _ended(self, service_id: str) -> dict[str, Any] | None:
         """Wait until the service's task has ended; return it (None if the service
         is gone)."""
-        interval = _POLL_FIRST
+        pauses = _pauses()
         while True:
             task = await self._task(service_id)
             if task is None or _state(task) in _ENDED:
@@ -365,9 +376,8 @@ class SwarmExecutor:
                 except ExecutorError as exc:
                     if status_of(exc) != 404:
                         raise
-                interval = _POLL_FIRST  # the task's state follows within moments
-            await anyio.sleep(interval)
-            interval = min(interval * 1.5, _POLL_MOST)
+                pauses = _pauses()  # the task's state follows within moments
+            await anyio.sleep(next(pauses))
 
     # --- running ------------------------------------------------------------------
 
