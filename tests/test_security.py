@@ -493,4 +493,4 @@ def test_a_mistyped_env_option_does_not_echo_the_value(
         cli.main(["run", "-e", argument, "alpine", "true"])
     assert exited.value.code == 2
     err = capsys.readouterr().err
-    assert "expected KEY=VALUE" in err and "secret" not in err
+    assert "expected KEY=VALUE" in err and "tok-7e2d" not in err

@@ -13,6 +13,7 @@ from ._errors import ImageNotFound as ImageNotFound
 from ._errors import InvalidJobSpec as InvalidJobSpec
 from ._errors import JobNotFound as JobNotFound
 from ._errors import PolicyViolation as PolicyViolation
+from ._errors import SecretNotFound as SecretNotFound
 from ._errors import StorageError as StorageError
 from ._errors import TemplateNotFound as TemplateNotFound
 from ._errors import Unschedulable as Unschedulable
@@ -33,6 +34,10 @@ from ._models import LogLine as LogLine
 from ._models import Mount as Mount
 from ._models import NetworkAttachment as NetworkAttachment
 from ._policy import SecurityPolicy as SecurityPolicy
+from ._secrets import EnvSecrets as EnvSecrets
+from ._secrets import FileSecrets as FileSecrets
+from ._secrets import Secret as Secret
+from ._secrets import SecretSource as SecretSource
 from .executors._base import PullResult as PullResult
 from .storage import InMemoryStorage as InMemoryStorage
 from .storage import PostgresStorage as PostgresStorage
@@ -46,8 +51,10 @@ __all__ = [
     "AttemptOutcome",
     "ContainerJobsError",
     "DockerHost",
+    "EnvSecrets",
     "EnvironmentTemplate",
     "ExecutorError",
+    "FileSecrets",
     "FirstAvailable",
     "Host",
     "HostHealth",
@@ -72,6 +79,9 @@ __all__ = [
     "RegistryAuth",
     "RoundRobin",
     "SQLiteStorage",
+    "Secret",
+    "SecretNotFound",
+    "SecretSource",
     "SecurityPolicy",
     "Storage",
     "StorageError",

@@ -7,6 +7,7 @@ Every error the library raises on purpose derives from `ContainerJobsError`::
     ├── PolicyViolation       (also ValueError)  a spec the security policy refuses
     ├── TemplateNotFound      (also KeyError)    an unknown environment template
     ├── JobNotFound           (also KeyError)    an unknown job id
+    ├── SecretNotFound        (also KeyError)    a secret the launching manager cannot resolve
     ├── HostUnavailable                          a Docker host that cannot be reached
     ├── ExecutorError                            the engine refused or failed an operation
     │   ├── ImageNotFound                        an image that is absent and may not be pulled
@@ -44,6 +45,11 @@ class TemplateNotFound(ContainerJobsError, _KeyErrorMessage):
 
 class JobNotFound(ContainerJobsError, _KeyErrorMessage):
     """A job id that is not in the store."""
+
+
+class SecretNotFound(ContainerJobsError, _KeyErrorMessage):
+    """A secret the launching manager's source does not have, or cannot read. The
+    message names the secret, never a value."""
 
 
 class HostUnavailable(ContainerJobsError):

@@ -34,6 +34,7 @@ from ._models import (
     utcnow,
 )
 from ._policy import SecurityPolicy
+from ._secrets import NoSecrets, Secret, SecretSource
 from ._transitions import LostRace, StatusBoard
 from ._worker import ExecutorFactory, Worker
 from .executors import Executor, PullResult
@@ -63,6 +64,12 @@ class JobManager:
         storage: the job store; `InMemoryStorage` when `None`.
         strategy: how a host is chosen; `WeightedLeastLoaded` when `None`.
         policy: defaults, ceilings and hardening; `SecurityPolicy()` when `None`.
+            Submitting checks a spec against it; launching checks the stored spec
+            again, whoever stored it: this manager's policy decides what it runs.
+        secrets: where the `Secret` values of the jobs this manager launches come
+            from: `EnvSecrets`, `FileSecrets`, or any object with ``async def
+            resolve(name) -> str``. `None`: no source, and a job naming a secret
+            fails without starting.
         on_exit: what leaving ``async with`` does to jobs still running here:
             ``"cancel"`` kills them, ``"wait"`` lets them finish, ``"detach"`` leaves
             their containers running for the next manager on the store to adopt.
@@ -90,6 +97,7 @@ class JobManager:
         storage: Storage | None = None,
         strategy: HostSelectionStrategy | None = None,
         policy: SecurityPolicy | None = None,
+        secrets: SecretSource | None = None,
         on_exit: ExitMode | None = None,
         health_interval: float = 30.0,
         poll_interval: float = 1.0,
@@ -125,6 +133,7 @@ class JobManager:
                 hosts=hosts,
                 executor_factory=executor_factory or _default_executor,
                 policy=self.policy,
+                secrets=secrets if secrets is not None else NoSecrets(),
                 storage=self.storage,
                 board=self._board,
                 strategy=self.strategy,
@@ -277,7 +286,7 @@ class JobManager:
             )
         if spec.placement and monitor is not None:
             self._check_placement(spec, monitor)
-        template: Mapping[str, str] | None = None
+        template: Mapping[str, str | Secret] | None = None
         if spec.environment_template is not None:
             template = (await self.storage.get_template(spec.environment_template)).variables
         if spec.mounts:

@@ -20,6 +20,7 @@ import attrs
 from ._errors import ContainerJobsError, InvalidJobSpec
 from ._images import parse_image
 from ._output import clean_output, parse_output
+from ._secrets import Secret
 from ._templates import parse_environment
 
 PullPolicy = Literal["if-not-present", "always", "never"]
@@ -130,19 +131,23 @@ def _check_key(kind: str, key: object) -> str:
     return key
 
 
-def _to_environment(value: object) -> dict[str, str]:
+def _to_environment(value: object) -> dict[str, str | Secret]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise _type_error("environment", value, "a mapping of str to str")
-    env: dict[str, str] = {}
+        raise _type_error("environment", value, "a mapping of str to str or Secret")
+    env: dict[str, str | Secret] = {}
     for key, val in value.items():
         _check_key("environment", key)
         _require("=" not in key, f"JobSpec.environment key {key!r} contains '='")
-        if not isinstance(val, str):
-            raise TypeError(f"JobSpec.environment[{key!r}] must be a str, not {type(val).__name__}")
+        if not isinstance(val, str | Secret):
+            raise TypeError(
+                f"JobSpec.environment[{key!r}] must be a str or a cj.Secret, "
+                f"not {type(val).__name__}"
+            )
         # The value itself never goes into a message: it may be a secret.
-        _require("\x00" not in val, f"JobSpec.environment[{key!r}] contains a NUL byte")
+        if isinstance(val, str):
+            _require("\x00" not in val, f"JobSpec.environment[{key!r}] contains a NUL byte")
         env[key] = val
     return env
 
@@ -293,7 +298,7 @@ def _to_mounts(value: object) -> tuple[Mount, ...]:
     return tuple(value)
 
 
-def _mask_environment(env: Mapping[str, str]) -> str:
+def _mask_environment(env: Mapping[str, str | Secret]) -> str:
     # repr() of a spec must not leak secrets: show the keys only.
     return "{" + ", ".join(f"{key!r}: '***'" for key in env) + "}"
 
@@ -306,6 +311,9 @@ class JobSpec:
     A `str` command runs as ``/bin/sh -c command``; a list runs as is; `None` keeps
     the image's own command. `image` and `command` may be given by position; the
     rest only by name.
+
+    An `environment` value is stored as given, unless it is a `Secret`: then only
+    its name is stored, and the manager that launches the job resolves it.
     """
 
     image: str = attrs.field()
@@ -314,7 +322,7 @@ class JobSpec:
     memory_limit_mb: int | None = attrs.field(kw_only=True, default=None)
     cpu_limit: float | None = attrs.field(kw_only=True, default=None)
     timeout_seconds: float | None = attrs.field(kw_only=True, default=None)
-    environment: dict[str, str] = attrs.field(
+    environment: dict[str, str | Secret] = attrs.field(
         kw_only=True, factory=dict, converter=_to_environment, repr=_mask_environment
     )
     environment_template: str | None = attrs.field(kw_only=True, default=None)
@@ -483,8 +491,8 @@ class EnvironmentTemplate:
         parse_environment(value)  # refuses a bad template when it is made
 
     @property
-    def variables(self) -> dict[str, str]:
-        """The parsed variables."""
+    def variables(self) -> dict[str, str | Secret]:
+        """The parsed variables (``${secret:NAME}`` values as `Secret`)."""
         return parse_environment(self.text)
 
     def __repr__(self) -> str:

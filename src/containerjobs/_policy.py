@@ -13,6 +13,7 @@ from ._errors import InvalidJobSpec, PolicyViolation
 from ._images import canonical_registry, parse_image
 from ._log import get_logger
 from ._models import Job, JobSpec, Mount
+from ._secrets import Secret
 from ._users import UserSpecError, parse_user_spec
 from .executors._base import LABEL_ATTEMPT, LABEL_JOB_ID, UNENFORCEABLE, LaunchRequest
 
@@ -122,11 +123,25 @@ class SecurityPolicy:
                 "allow_root is False"
             )
 
-    def launch_request(self, job: Job, *, labels: Mapping[str, str]) -> LaunchRequest:
+    def launch_request(
+        self,
+        job: Job,
+        *,
+        labels: Mapping[str, str],
+        environment: Mapping[str, str] | None = None,
+    ) -> LaunchRequest:
         """What to ask an executor for `job`'s current attempt: its effective spec,
         with this policy's hardening. `labels` are the library's own (the manager's
-        and the store's identities); the job's id and attempt are added here."""
+        and the store's identities); the job's id and attempt are added here.
+        `environment` is the spec's with its secrets resolved; without it, the spec
+        must name no `Secret`."""
         spec = job.spec
+        if environment is None:
+            if any(isinstance(value, Secret) for value in spec.environment.values()):
+                raise ValueError(
+                    f"job {job.id} names secrets: resolve them and pass the environment"
+                )
+            environment = {key: str(value) for key, value in spec.environment.items()}
         command = spec.command
         if isinstance(command, str):
             command = ("/bin/sh", "-c", command)  # a Dockerfile's shell form
@@ -135,7 +150,7 @@ class SecurityPolicy:
             job=job,
             image=spec.image,
             command=command,
-            environment=spec.environment,
+            environment=environment,
             labels={
                 **spec.labels,
                 **labels,
@@ -159,7 +174,9 @@ class SecurityPolicy:
             allow_unenforced=frozenset(self.allow_unenforced),
         )
 
-    def apply(self, spec: JobSpec, template: Mapping[str, str] | None = None) -> JobSpec:
+    def apply(
+        self, spec: JobSpec, template: Mapping[str, str | Secret] | None = None
+    ) -> JobSpec:
         """The effective spec: defaults filled in, the template's environment under the
         spec's own, mount sources resolved. Raises `PolicyViolation` for what the
         policy refuses. Resolving mounts touches the file system: call it off the
@@ -197,7 +214,7 @@ class SecurityPolicy:
                 )
         self._check_registry(spec.image)
         environment = {**(template or {}), **spec.environment}
-        self._check_environment(environment)
+        self.check_environment(environment)
         mounts = tuple(self._check_mount(mount) for mount in spec.mounts)
         return attrs.evolve(
             spec,
@@ -231,11 +248,17 @@ class SecurityPolicy:
                 "user", user, f"{reason}, and the policy does not allow root (allow_root=False)"
             )
 
-    def _check_environment(self, environment: Mapping[str, str]) -> None:
-        # What the job's exec receives: "KEY=VALUE" and a NUL per variable. Messages
-        # name keys and sizes, never a value: it may be a secret.
+    def check_environment(self, environment: Mapping[str, str | Secret]) -> None:
+        """Refuse an environment too large for one variable or for the policy.
+
+        What the job's exec receives counts: "KEY=VALUE" and a NUL per variable. A
+        `Secret` counts as an empty value until it is resolved (the launching manager
+        checks again with its value). Messages name keys and sizes, never a value.
+        """
         sizes = {
-            key: len(f"{key}={value}".encode("utf-8", "surrogatepass")) + 1
+            key: len(f"{key}={'' if isinstance(value, Secret) else value}".encode(
+                "utf-8", "surrogatepass"
+            )) + 1
             for key, value in environment.items()
         }
         for key, size in sizes.items():

@@ -24,6 +24,7 @@ from ._errors import (
     ImageNotFound,
     InvalidJobSpec,
     PolicyViolation,
+    SecretNotFound,
     StorageError,
     Unschedulable,
 )
@@ -31,9 +32,10 @@ from ._harvest import End, Output, Usage, outcome
 from ._health import HostMonitor, HostState
 from ._log import Logger
 from ._logs import LogHub
-from ._models import Job, JobStatus, LogLine, utcnow
+from ._models import Job, JobSpec, JobStatus, LogLine, utcnow
 from ._policy import SecurityPolicy
 from ._ratelimit import RepeatLimiter
+from ._secrets import Masker, SecretSource, resolve_environment
 from ._transitions import LostRace, StatusBoard
 from .executors import LABEL_MANAGER, LABEL_STORE, LogReader, OutputLine
 from .storage import Storage
@@ -58,9 +60,13 @@ class _Lines:
 
     output: Output
     hub: LogHub
+    masker: Masker
     skip: int = 0
 
     def take(self, item: OutputLine) -> None:
+        if self.masker:
+            line = item.line
+            item = attrs.evolve(item, line=attrs.evolve(line, text=self.masker.mask(line.text)))
         kept = self.output.add(item)
         if kept is not None:
             self.store(kept)
@@ -90,12 +96,14 @@ class JobRun:
     max_log_bytes: int
     log: Logger
     repeats: RepeatLimiter  # the worker's: a store outage is logged once, not per job
-    policy: SecurityPolicy  # this worker's: it decides how the container is hardened
+    policy: SecurityPolicy  # this worker's: it decides what runs, and how hardened
+    secrets: SecretSource  # this worker's: the values of the secrets its jobs name
     adopt: str | None = None
     hub: LogHub | None = None  # the live output, while it runs
     done: anyio.Event = attrs.Factory(anyio.Event)
     _cancel: anyio.Event = attrs.Factory(anyio.Event)
     _cancel_reason: str = "cancelled"
+    _masker: Masker = attrs.Factory(Masker)
 
     def request_cancel(self, reason: str = "cancelled") -> None:
         """Kill the container and end the job `cancelled` (once it runs, if it is
@@ -128,13 +136,16 @@ class JobRun:
                 return
         else:
             container_id = self.adopt
+            await self._learn_secrets_to_mask()
         self.log = self.log.bind(container_id=container_id[:12])
         stored = await self.storage.log_count(job.id)
         hub = self.hub = LogHub(job.id, stored, self.storage.append_logs)
         # An adopted job's output is read again from its start, cut into lines the
         # same way as the first time: the lines already stored are skipped, so none
         # is lost or doubled.
-        lines = _Lines(Output(self.max_log_bytes), hub, skip=stored - job.output_start)
+        lines = _Lines(
+            Output(self.max_log_bytes), hub, self._masker, skip=stored - job.output_start
+        )
         try:
             if job.status is JobStatus.LAUNCHING:
                 # A LostRace here means an adopter changed it (writes check the
@@ -145,6 +156,7 @@ class JobRun:
                     container_id=container_id,
                     started_at=utcnow(),
                     error=None,  # a wait for placement is over
+                    spec=self.job.spec,  # as this manager's policy made it
                 )
             self.log.info("job.running", adopted=self.adopt is not None)
             await self._watch(container_id, lines)
@@ -168,9 +180,16 @@ class JobRun:
         # the containers of another store alone.
         labels = {LABEL_MANAGER: job.owner or "", LABEL_STORE: self.storage.store_id}
         try:
-            return await self.state.executor.launch(
-                self.policy.launch_request(job, labels=labels)
+            # This manager's policy decides, whoever wrote the spec into the store.
+            spec = await self._enforce_policy(job.spec)
+            environment, values = await resolve_environment(spec.environment, self.secrets)
+            self.policy.check_environment(environment)  # with the secrets' sizes now
+            self._masker = Masker(values)
+            self.job = attrs.evolve(job, spec=spec)
+            request = self.policy.launch_request(
+                self.job, labels=labels, environment=environment
             )
+            return await self.state.executor.launch(request)
         except Unschedulable as exc:
             if await self._cancelled_meanwhile(job):
                 return None
@@ -186,7 +205,8 @@ class JobRun:
             return None
         except ContainerJobsError as exc:
             failure = exc
-        self.log.warning("job.launch_failed", error=str(failure))
+        error = self._masker.mask(str(failure))
+        self.log.warning("job.launch_failed", error=error)
         if await self._cancelled_meanwhile(job):
             return None
         if isinstance(failure, HostUnavailable):
@@ -195,8 +215,10 @@ class JobRun:
             await self.monitor.check(self.state)
         # A missing image stays missing, and a refused spec refused; anything else
         # may pass on a retry.
-        retryable = not isinstance(failure, ImageNotFound | PolicyViolation | InvalidJobSpec)
-        await self.board.finish_or_retry(job, JobStatus.FAILED, str(failure), retryable=retryable)
+        retryable = not isinstance(
+            failure, ImageNotFound | PolicyViolation | InvalidJobSpec | SecretNotFound
+        )
+        await self.board.finish_or_retry(job, JobStatus.FAILED, error, retryable=retryable)
         return None
 
     async def _cancelled_meanwhile(self, job: Job) -> bool:
@@ -208,6 +230,29 @@ class JobRun:
             job, JobStatus.CANCELLED, error=self._cancel_reason, completed_at=utcnow()
         )
         return True
+
+    async def _enforce_policy(self, spec: JobSpec) -> JobSpec:
+        """The stored spec as this manager's policy makes it (defaults filled in,
+        mounts resolved); `PolicyViolation` for what it refuses."""
+        try:
+            if spec.mounts:
+                # Resolving mount sources touches the file system: off the event loop.
+                return await anyio.to_thread.run_sync(self.policy.apply, spec)
+            return self.policy.apply(spec)
+        except PolicyViolation as exc:
+            raise PolicyViolation(
+                f"refused at launch by the policy of manager {self.job.owner}: {exc}"
+            ) from None
+
+    async def _learn_secrets_to_mask(self) -> None:
+        # An adopted job's secrets are resolved again, only to mask them: a manager
+        # without them still harvests the job, and says its output is not masked.
+        try:
+            _, values = await resolve_environment(self.job.spec.environment, self.secrets)
+        except SecretNotFound as exc:
+            self.log.error("job.output_unmasked", error=str(exc))
+            return
+        self._masker = Masker(values)
 
     async def _watch(self, container_id: str, lines: _Lines) -> None:
         executor, log = self.state.executor, self.log
@@ -262,6 +307,7 @@ class JobRun:
             except ContainerJobsError as exc:
                 log.warning("container.remove_failed", error=str(exc))
             status, error = outcome(self.job, end, output, self._cancel_reason)
+            error = self._masker.mask(error) if error else error
             oom = bool(end.exit and end.exit.oom_killed)
             done = await self._persist(
                 partial(

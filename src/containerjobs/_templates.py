@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from ._errors import InvalidJobSpec
+from ._secrets import Secret, reference
 
 
-def parse_environment(text: str) -> dict[str, str]:
+def parse_environment(text: str) -> dict[str, str | Secret]:
     """Parse ``KEY=VALUE`` lines into a dict.
 
     Blank lines and ``#`` comments are skipped, an ``export `` prefix is allowed, the
     line is split on its first ``=``, key and value are stripped, one pair of matching
-    quotes around the value is removed, and the last of a repeated key wins.
-    A line without ``=``, or with a bad key, raises `InvalidJobSpec` naming its number.
+    quotes around the value is removed, and the last of a repeated key wins. A value
+    ``${secret:NAME}`` is a `Secret`. A line without ``=``, with a bad key, or with a
+    reference that is not the whole value raises `InvalidJobSpec` naming its number.
     """
-    variables: dict[str, str] = {}
+    variables: dict[str, str | Secret] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -31,5 +33,9 @@ def parse_environment(text: str) -> dict[str, str]:
             raise InvalidJobSpec(f"environment template line {number} contains a NUL byte")
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
-        variables[key] = value
+        try:
+            secret = reference(value)
+        except ValueError as exc:
+            raise InvalidJobSpec(f"environment template line {number}: {exc}") from None
+        variables[key] = value if secret is None else secret
     return variables

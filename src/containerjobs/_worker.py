@@ -23,6 +23,7 @@ from ._policy import SecurityPolicy
 from ._ratelimit import RepeatLimiter
 from ._reconcile import Reconciler
 from ._run import JobRun
+from ._secrets import SecretSource
 from ._transitions import StatusBoard
 from .executors import Executor
 from .storage import Storage
@@ -38,6 +39,7 @@ class Worker:
         hosts: Sequence[Host],
         executor_factory: ExecutorFactory,
         policy: SecurityPolicy,
+        secrets: SecretSource,
         storage: Storage,
         board: StatusBoard,
         strategy: HostSelectionStrategy,
@@ -49,6 +51,7 @@ class Worker:
     ) -> None:
         self._storage = storage
         self._policy = policy
+        self._secrets = secrets
         self._board = board
         self._strategy = strategy
         self._poll_interval = poll_interval
@@ -133,6 +136,7 @@ class Worker:
             self._log,
             self._repeats,
             self._policy,
+            self._secrets,
             adopt=adopt,
         )
 

@@ -24,6 +24,7 @@ from ._hosts import DockerHost, Host, SwarmHost, TLSConfig
 from ._manager import JobManager
 from ._models import PULL_POLICIES, Job, JobSpec, JobStatus, LogLine
 from ._policy import SecurityPolicy
+from ._secrets import EnvSecrets, FileSecrets, Secret, SecretSource
 from .executors import UNENFORCEABLE
 from .storage import InMemoryStorage, Storage
 from .storage._codec import converter
@@ -66,6 +67,20 @@ def _parser() -> argparse.ArgumentParser:
             "$CONTAINERJOBS_DB" + (")" if required else ", else in memory)"),
         )
 
+    def secrets_options(p: argparse.ArgumentParser) -> None:
+        where = p.add_mutually_exclusive_group()
+        where.add_argument(
+            "--secrets-dir",
+            metavar="DIR",
+            help="resolve secrets from files in DIR, one per secret (as /run/secrets)",
+        )
+        where.add_argument(
+            "--secrets-env",
+            metavar="PREFIX",
+            help="resolve secret NAME from this process's variable PREFIXNAME "
+            "(default for run: the variable NAME itself)",
+        )
+
     def unenforced_option(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--allow-unenforced",
@@ -98,6 +113,16 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="environment variable (repeatable)",
     )
+    run.add_argument(
+        "--secret",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=NAME",
+        help="environment variable KEY from secret NAME: stored by name, masked as *** in "
+        "the output (repeatable)",
+    )
+    secrets_options(run)
     run.add_argument("--env-template", metavar="NAME", help="a stored environment template")
     run.add_argument("--name", help="the job's name")
     run.add_argument("--user", help="user[:group] inside the container")
@@ -170,6 +195,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a Swarm manager to run jobs on, the whole cluster as one host (repeatable)",
     )
     unenforced_option(worker)
+    secrets_options(worker)
 
     jobs = commands.add_parser("jobs", help="list jobs, newest first")
     jobs.add_argument("--status", choices=[s.value for s in JobStatus])
@@ -234,11 +260,20 @@ def _policy(args: argparse.Namespace) -> SecurityPolicy:
     return SecurityPolicy(allow_unenforced=tuple(args.allow_unenforced))
 
 
+def _secrets(args: argparse.Namespace, default: SecretSource | None) -> SecretSource | None:
+    if args.secrets_dir:
+        return FileSecrets(args.secrets_dir)
+    if args.secrets_env is not None:
+        return EnvSecrets(args.secrets_env)
+    return default
+
+
 async def _work(args: argparse.Namespace) -> int:
     manager = JobManager(
         hosts=_worker_hosts(args),
         storage=_storage(args),
         policy=_policy(args),
+        secrets=_secrets(args, None),
         on_exit=args.on_exit,
         lease_ttl=args.lease_ttl,
     )
@@ -309,7 +344,7 @@ async def _run(args: argparse.Namespace) -> int:
         memory_limit_mb=args.memory,
         cpu_limit=args.cpus,
         timeout_seconds=args.timeout,
-        environment=dict(args.env),
+        environment={**dict(args.env), **{key: Secret(name) for key, name in args.secret}},
         environment_template=args.env_template,
         user=args.user,
         working_directory=args.workdir,
@@ -320,7 +355,12 @@ async def _run(args: argparse.Namespace) -> int:
     if args.swarm:
         assert isinstance(host, DockerHost)
         host = SwarmHost("swarm", host.url, tls=host.tls)
-    async with JobManager(hosts=[host], storage=_storage(args), policy=_policy(args)) as manager:
+    async with JobManager(
+        hosts=[host],
+        storage=_storage(args),
+        policy=_policy(args),
+        secrets=_secrets(args, EnvSecrets()),
+    ) as manager:
         health = (await manager.health())[host.name]
         if not health.healthy:
             print(f"containerjobs: {health.error}", file=sys.stderr)

@@ -20,6 +20,7 @@ import cattrs
 
 from .._errors import StorageError
 from .._models import Job, JobStatus
+from .._secrets import Secret
 from ._base import StoredLine
 
 __all__ = [
@@ -83,6 +84,15 @@ def _structure_command(value: Any, _: Any) -> Command:
     raise ValueError(f"a stored command must be a str, a list or null, not {value!r}")
 
 
+def _structure_variable(value: Any, _: Any) -> str | Secret:
+    # An environment value: text as given, or the name of a secret (never its value).
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("secret"), str):
+        return Secret(value["secret"])
+    raise ValueError(f"a stored environment value must be a str or a secret, not {value!r}")
+
+
 def _make_converter() -> cattrs.Converter:
     # Extra keys are ignored on purpose: a record written by a newer version with a
     # field this one does not know still loads (and a missing field takes its default).
@@ -93,6 +103,10 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(JobStatus, lambda value, _: JobStatus(value))
     conv.register_unstructure_hook(Command, _unstructure_command)
     conv.register_structure_hook(Command, _structure_command)
+    conv.register_unstructure_hook(Secret, lambda secret: {"secret": secret.name})
+    conv.register_structure_hook_func(
+        lambda cls: cls == (str | Secret), _structure_variable
+    )
     return conv
 
 

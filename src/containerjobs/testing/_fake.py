@@ -37,6 +37,9 @@ class FakeRun:
         oom_killed: exit as if the memory limit killed it (exit code 137).
         memory_bytes: the memory use its stats report.
         launch_error: raised by launch instead of starting (an `ExecutorError` say).
+        print_environment: variables of the container's environment to print after
+            `stdout`, as ``KEY=VALUE`` lines (to see what a job was given, secrets
+            resolved, and how its output is masked).
     """
 
     stdout: str = ""
@@ -46,6 +49,7 @@ class FakeRun:
     oom_killed: bool = False
     memory_bytes: int = 8 * 1024 * 1024
     launch_error: Exception | None = None
+    print_environment: tuple[str, ...] = ()
 
 
 Behaviour = Callable[[Job], FakeRun]
@@ -135,7 +139,10 @@ class FakeExecutor:
             raise run.launch_error
         container_id = f"fake{next(self._ids):012d}"
         now = datetime.now(UTC)
-        lines = _lines("stdout", run.stdout, now) + _lines("stderr", run.stderr, now)
+        stdout = run.stdout + "".join(
+            f"{key}={request.environment.get(key, '')}\n" for key in run.print_environment
+        )
+        lines = _lines("stdout", stdout, now) + _lines("stderr", run.stderr, now)
         container = self.containers[container_id] = _Container(
             job, run, lines, dict(request.labels)
         )

@@ -37,6 +37,7 @@ from .._models import (
     Mount,
     NetworkAttachment,
 )
+from .._secrets import Secret
 from ..storage import Storage, StoredLine, dispatch_order
 
 __all__ = ["StorageContract", "at", "full_job", "lines", "make_job"]
@@ -83,7 +84,13 @@ def full_job(job_id: str, command: str | builtins.list[str]) -> Job:
         memory_limit_mb=256,
         cpu_limit=1.5,
         timeout_seconds=90.5,
-        environment={"TOKEN": "s3cret", "EMPTY": "", "UNICODE": "häßlich ✓"},
+        environment={
+            "TOKEN": "s3cret",
+            "EMPTY": "",
+            "UNICODE": "häßlich ✓",
+            "API_KEY": Secret("api-key"),  # stored by its name
+            "LOOKS_LIKE_ONE": '{"secret": "x"}',  # a str, and stays one
+        },
         environment_template="base",
         # mypy's attrs plugin cannot solve converter=tuple's type variable.
         networks=["plain", NetworkAttachment("backend", ("db", "cache"))],  # type: ignore[arg-type]
@@ -93,6 +100,7 @@ def full_job(job_id: str, command: str | builtins.list[str]) -> Job:
         mounts=[Mount("/srv/in", "/in"), Mount("/srv/out", "/out", read_only=False)],
         host="gpu-1",
         pull_policy="always",
+        placement=("node.labels.zone==a", "node.role!=manager"),
         max_retries=2,
         priority=-7,
     )
