@@ -43,6 +43,8 @@ class Bed:
     registry_user: str
     registry_password: str
     postgres_url: str  # postgresql://cjtest:...@127.0.0.1:55432/containerjobs_test
+    swarm2_socket: str  # the swarm's second node (a worker), "" when the bed has none
+    swarm2_node: str  # its node id
 
     def docker(self, *args: str, socket: str = LOCAL_SOCKET) -> str:
         """Run the docker CLI against a daemon of the test bed; return its stdout."""
@@ -105,6 +107,8 @@ def testbed() -> Bed:
         registry_user=env["CJ_REGISTRY_USER"],
         registry_password=env["CJ_REGISTRY_PASSWORD"],
         postgres_url=env["CJ_POSTGRES_URL"],
+        swarm2_socket=env.get("CJ_SWARM2_SOCKET", ""),
+        swarm2_node=env.get("CJ_SWARM2_NODE", ""),
     )
     try:
         info = json.loads(bed.docker("info", "--format", "{{json .ServerVersion}}"))

@@ -17,7 +17,11 @@ What shapes this module, checked against Docker 20.10 (API 1.41):
   task ended (growing intervals, for tasks on other nodes).
 - Stats, OOM kills and kills go to the task's container, which only the node it
   runs on can reach: on other nodes, stats are not read, an exit of 137 cannot be
-  told from an OOM kill, and a kill removes the service.
+  told from an OOM kill, and a kill asks Swarm to stop the task. Removing the
+  service would not do: Docker before 23 leaves a job's tasks running (and in its
+  store) when its service goes (moby/moby#44312). A new iteration of the job with
+  no task to run does: Swarm removes the old iteration's running task, at once
+  (no stop grace period).
 - Docker puts its own labels on a task's container (``com.docker.swarm.task.id``):
   the Docker executor leaves those containers alone, and this one lists services,
   never containers.
@@ -257,6 +261,9 @@ class SwarmExecutor:
             container["CapabilityDrop"] = ["ALL"]
         if request.no_new_privileges and version >= NO_NEW_PRIVILEGES_API:
             container["Privileges"] = {"NoNewPrivileges": True}
+        # When Swarm stops the task (our kill on another node, a drained node), it
+        # kills it, as a kill of ours does where we can reach the container.
+        container["StopGracePeriod"] = 0
         limits: dict[str, Any] = {
             "MemoryBytes": request.memory_bytes,
             "NanoCPUs": round(request.cpus * 1e9),
@@ -344,11 +351,17 @@ class SwarmExecutor:
     # --- tasks ---------------------------------------------------------------------
 
     async def _task(self, service_id: str) -> dict[str, Any] | None:
-        """The service's task, or None before Swarm made one (or once it is gone)."""
-        with translate(self.name, f"reading the task of service {service_id[:12]}"):
-            tasks = await self._engine.json(
-                "tasks", params={"filters": json.dumps({"service": [service_id]})}
-            )
+        """The service's task, or None before Swarm made one (or once it, or the
+        service, is gone)."""
+        try:
+            with translate(self.name, f"reading the task of service {service_id[:12]}"):
+                tasks = await self._engine.json(
+                    "tasks", params={"filters": json.dumps({"service": [service_id]})}
+                )
+        except ExecutorError as exc:
+            if status_of(exc) == 404:  # "service ... not found"
+                return None
+            raise
         return _newest(list(tasks))
 
     def _local(self, task: dict[str, Any]) -> str | None:
@@ -411,8 +424,8 @@ class SwarmExecutor:
         killed = container_id in self._killed
         self._killed.discard(container_id)
         if task is None:
-            if killed:  # killed by removing it (it ran on another node)
-                return ExitStatus(exit_code=None, error="the service was removed to kill it")
+            if killed:  # Swarm removed the task we had it stop (on another node)
+                return ExitStatus(exit_code=None, error="its task was stopped to kill it")
             raise ExecutorError(f"service {container_id[:12]} is gone from host {self.name!r}")
         status = task.get("Status") or {}
         finished_at = parse_time(str(status.get("Timestamp") or ""))
@@ -458,9 +471,9 @@ class SwarmExecutor:
         if local is not None:
             await self._engine.kill_container(local)
         else:
-            # The node that runs it is out of our reach: removing the service is
-            # Swarm's way to stop its task (the output read so far is kept).
-            await self._remove_service(container_id)
+            # The node that runs it is out of our reach: Swarm stops it (the output
+            # read so far is kept).
+            await self._stop_job(container_id)
 
     async def remove(self, container_id: str) -> None:
         self._killed.discard(container_id)
@@ -472,6 +485,24 @@ class SwarmExecutor:
                 for leftover in leftovers:
                     await self._engine.remove_container(leftover)
                 await anyio.sleep(_POLL_FIRST)
+
+    async def _stop_job(self, service_id: str) -> None:
+        """Have Swarm stop the service's running task, wherever it runs: a new
+        iteration of the job with no task to run replaces it."""
+        try:
+            with translate(self.name, f"stopping the task of service {service_id[:12]}"):
+                service = await self._engine.json(f"services/{service_id}")
+                spec = dict(service["Spec"])
+                spec["Mode"] = {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 0}}
+                await self._engine.json(
+                    f"services/{service_id}/update",
+                    method="POST",
+                    params={"version": str(service["Version"]["Index"])},
+                    data=json.dumps(spec),
+                )
+        except ExecutorError as exc:
+            if not gone_or_stopped(exc):
+                raise
 
     async def _remove_service(self, service_id: str) -> None:
         try:
