@@ -104,8 +104,10 @@ async def test_three_workers_run_each_job_exactly_once(testbed: Bed, store_url: 
     shared = shared_folder(tmp_path)
     workers = [
         await anyio.open_process(
+            # The workers' own policy decides what they run: it must allow the mount.
             [sys.executable, "-m", "containerjobs", "worker", "--db", str(db),
-             "--host", f"w{n}={LOCAL_SOCKET}", "--max-jobs", "3", "--lease-ttl", "5"],
+             "--host", f"w{n}={LOCAL_SOCKET}", "--max-jobs", "3", "--lease-ttl", "5",
+             "--allow-mount", str(tmp_path)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
         )
         # Each worker names the daemon its own way, so each has slots of its own and

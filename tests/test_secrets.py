@@ -338,8 +338,12 @@ async def test_on_a_real_daemon_the_value_reaches_the_container_and_nothing_else
             job = await manager.run(cj.JobSpec(
                 testbed.image, script, environment={"TOKEN": cj.Secret("api")}
             ))
-            streamed = [line.text async for line in manager.logs(job.id, follow=False)]
-            assert streamed == [digest, "the token is ***", "***"]
+            streamed = [line async for line in manager.logs(job.id, follow=False)]
+            # (Across the two streams the order is only as exact as Docker's stamps.)
+            assert [line.text for line in streamed if line.stream == "stdout"] == [
+                digest, "the token is ***"
+            ]
+            assert [line.text for line in streamed if line.stream == "stderr"] == ["***"]
             return job
 
     if kind == "sqlite":
@@ -358,7 +362,8 @@ async def test_on_a_real_daemon_the_value_reaches_the_container_and_nothing_else
     assert job.stdout == f"{digest}\nthe token is ***\n" and job.stderr == "***\n"
     assert VALUE not in (job.error or "") and VALUE not in repr(job)
     assert not leaks(every_log_record, VALUE)
-    assert any(record.levelno == logging.DEBUG for record in every_log_record)
+    if kind == "sqlite":  # (aiosqlite logs every statement at DEBUG: the net was open)
+        assert any(record.levelno == logging.DEBUG for record in every_log_record)
 
 
 @pytest.mark.docker
@@ -394,7 +399,8 @@ async def test_a_lax_client_and_a_strict_worker_on_one_store(
 ) -> None:
     db = f"sqlite://{tmp_path}/jobs.db"
     async with cj.JobManager(hosts=[], storage=storage_from_url(db), policy=LAX) as client:
-        job = await client.submit(cj.JobSpec(testbed.image, "id -u", user="0"))
+        job = await client.submit(cj.JobSpec(testbed.image, "id -u", user="0",
+                                             memory_limit_mb=256))
     before = set(testbed.labelled_containers())
     async with cj.JobManager(hosts=[cj.DockerHost("local", LOCAL_SOCKET)],
                              storage=storage_from_url(db)) as worker:

@@ -81,6 +81,16 @@ def _parser() -> argparse.ArgumentParser:
             "(default for run: the variable NAME itself)",
         )
 
+    def mounts_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--allow-mount",
+            action="append",
+            default=[],
+            metavar="DIR",
+            help="a host folder jobs may mount, with what is in it (repeatable; the "
+            "policy's allowed_mount_sources)",
+        )
+
     def unenforced_option(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--allow-unenforced",
@@ -195,6 +205,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a Swarm manager to run jobs on, the whole cluster as one host (repeatable)",
     )
     unenforced_option(worker)
+    mounts_option(worker)
     secrets_options(worker)
 
     jobs = commands.add_parser("jobs", help="list jobs, newest first")
@@ -257,7 +268,10 @@ def _worker_hosts(args: argparse.Namespace) -> list[Host]:
 
 
 def _policy(args: argparse.Namespace) -> SecurityPolicy:
-    return SecurityPolicy(allow_unenforced=tuple(args.allow_unenforced))
+    return SecurityPolicy(
+        allow_unenforced=tuple(args.allow_unenforced),
+        allowed_mount_sources=tuple(getattr(args, "allow_mount", ())),
+    )
 
 
 def _secrets(args: argparse.Namespace, default: SecretSource | None) -> SecretSource | None:
