@@ -143,6 +143,23 @@ def no_leftovers(testbed: Bed) -> Iterator[None]:
     assert not left, f"containers left behind: {sorted(left)}"
 
 
+def labelled_services(bed: Bed) -> list[str]:
+    out = bed.docker("service", "ls", "--filter", "label=containerjobs.job_id",
+                     "--format", "{{.ID}}")
+    ids = out.split()
+    # The CLI shortens ids: the full ones, as jobs record them.
+    return bed.docker("service", "inspect", "--format", "{{.ID}}", *ids).split() if ids else []
+
+
+@pytest.fixture
+def no_services(testbed: Bed, no_leftovers: None) -> Iterator[None]:
+    """Fail a test that leaves a labelled service (or task container) behind."""
+    before = set(labelled_services(testbed))
+    yield
+    left = set(labelled_services(testbed)) - before
+    assert not left, f"services left behind: {sorted(left)}"
+
+
 @pytest.fixture
 async def manager(local_host: cj.DockerHost, no_leftovers: None) -> AsyncIterator[cj.JobManager]:
     async with cj.JobManager(hosts=[local_host]) as manager:

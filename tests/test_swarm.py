@@ -9,7 +9,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import anyio
 import pytest
@@ -19,7 +19,7 @@ import containerjobs as cj
 from containerjobs.executors import Executor, SwarmExecutor
 from containerjobs.storage import storage_from_url
 from containerjobs.testing import ExecutorContract
-from tests.conftest import LOCAL_SOCKET, REPO, Bed, until_status
+from tests.conftest import LOCAL_SOCKET, REPO, Bed, labelled_services, until_status
 
 pytestmark = pytest.mark.docker
 
@@ -33,27 +33,10 @@ def swarm_host(**kwargs: object) -> cj.SwarmHost:
     return cj.SwarmHost("swarm", LOCAL_SOCKET, **kwargs)  # type: ignore[arg-type]
 
 
-def labelled_services(bed: Bed) -> list[str]:
-    out = bed.docker("service", "ls", "--filter", "label=containerjobs.job_id",
-                     "--format", "{{.ID}}")
-    ids = out.split()
-    # The CLI shortens ids: the full ones, as jobs record them.
-    return bed.docker("service", "inspect", "--format", "{{.ID}}", *ids).split() if ids else []
-
-
 def api_version(bed: Bed) -> tuple[int, int]:
     text = bed.docker("version", "--format", "{{.Server.APIVersion}}").strip()
     major, minor = text.split(".")
     return int(major), int(minor)
-
-
-@pytest.fixture
-def no_services(testbed: Bed, no_leftovers: None) -> Iterator[None]:
-    """Fail a test that leaves a labelled service (or task container) behind."""
-    before = set(labelled_services(testbed))
-    yield
-    left = set(labelled_services(testbed)) - before
-    assert not left, f"services left behind: {sorted(left)}"
 
 
 @pytest.fixture
@@ -110,8 +93,13 @@ async def test_a_non_zero_exit_fails_with_its_code(swarm: cj.JobManager, image: 
 
 
 async def test_logs_are_live(swarm: cj.JobManager, image: str) -> None:
+    await live_ticks(swarm, image)
+
+
+async def live_ticks(swarm: cj.JobManager, image: str, **spec: Any) -> None:
+    """A job that ticks four times a second apart: each line arrives while it runs."""
     job = await swarm.submit(
-        cj.JobSpec(image, "for i in 1 2 3 4; do echo tick $i; sleep 1; done")
+        cj.JobSpec(image, "for i in 1 2 3 4; do echo tick $i; sleep 1; done", **spec)
     )
     seen: list[str] = []
     async for line in swarm.logs(job.id):

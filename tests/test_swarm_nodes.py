@@ -11,8 +11,8 @@ import anyio
 import pytest
 
 import containerjobs as cj
-from tests.conftest import Bed, until_status
-from tests.test_swarm import SWARM_POLICY, labelled_services, swarm_host
+from tests.conftest import Bed, labelled_services, until_status
+from tests.test_swarm import SWARM_POLICY, live_ticks, swarm_host
 
 pytestmark = pytest.mark.docker
 
@@ -37,16 +37,6 @@ async def until_gone(bed: Bed, job_id: str) -> None:
             if not job_containers(bed, bed.swarm2_socket, job_id):
                 return
             await anyio.sleep(0.2)
-
-
-@pytest.fixture
-def no_services(testbed: Bed, no_leftovers: None) -> Iterator[None]:
-    """Fail a test that leaves a labelled service (or container on the manager's
-    daemon) behind; the worker's are checked by `worker`."""
-    before = set(labelled_services(testbed))
-    yield
-    left = set(labelled_services(testbed)) - before
-    assert not left, f"services left behind: {sorted(left)}"
 
 
 @pytest.fixture
@@ -123,16 +113,7 @@ async def test_a_job_on_the_other_node_runs_whole_without_stats(
 
 
 async def test_logs_are_live_from_the_other_node(swarm: cj.JobManager, image: str) -> None:
-    job = await swarm.submit(cj.JobSpec(
-        image, "for i in 1 2 3 4; do echo tick $i; sleep 1; done", placement=ON_WORKER
-    ))
-    seen: list[str] = []
-    async for line in swarm.logs(job.id):
-        if not seen:
-            assert (await swarm.get(job.id)).status is cj.JobStatus.RUNNING
-        seen.append(line.text)
-    assert seen == [f"tick {i}" for i in range(1, 5)]
-    assert (await swarm.get(job.id)).status is cj.JobStatus.COMPLETED
+    await live_ticks(swarm, image, placement=ON_WORKER)
 
 
 async def test_timeout_on_the_other_node_stops_the_task_and_keeps_the_output(

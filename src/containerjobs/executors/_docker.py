@@ -50,52 +50,30 @@ from ._base import (
     ContainerInfo,
     ExitStatus,
     LaunchRequest,
-    PullResult,
     ResourceSample,
 )
 from ._docker_logs import DockerLogReader
-from ._engine import FOREVER, EngineAPI, parse_time, translate
+from ._engine import FOREVER, EngineExecutor, parse_time, translate, user_not_root
 
 _log = get_logger("containerjobs.docker")
 
-# Per running job: its log stream, its stats stream and its wait, plus control calls.
-_CONNECTIONS_PER_JOB = 3
-_SPARE_CONNECTIONS = 8
 _OOM_RECHECKS = (0.05, 0.1, 0.2, 0.4)
 # The label Docker puts on the containers of Swarm tasks: those are the Swarm
 # executor's, never this one's, even on a daemon that is both.
 SWARM_TASK_LABEL = "com.docker.swarm.task.id"
 
 
-class DockerExecutor:
+class DockerExecutor(EngineExecutor[DockerHost]):
     """Runs jobs on one Docker daemon."""
 
+    # Per running job: its log stream, its stats stream and its wait.
+    connections_per_job = 3
+
     def __init__(self, host: DockerHost) -> None:
-        self._host = host
-        self._engine = EngineAPI(
-            host.name,
-            host.url,
-            tls=host.tls,
-            registry_auth=host.registry_auth,
-            connections=host.max_concurrent_jobs * _CONNECTIONS_PER_JOB + _SPARE_CONNECTIONS,
-        )
+        super().__init__(host)
         self._killed: set[str] = set()  # containers we sent SIGKILL to
 
-    @property
-    def name(self) -> str:
-        return self._host.name
-
-    @property
-    def host(self) -> DockerHost:
-        return self._host
-
     # --- connection --------------------------------------------------------------
-
-    async def open(self) -> None:
-        await self._engine.open()
-
-    async def close(self) -> None:
-        await self._engine.close()
 
     async def ping(self) -> None:
         await self._engine.ping()
@@ -230,9 +208,6 @@ class DockerExecutor:
         if not result.ok:
             raise ImageNotFound(result.error or f"pulling image {image!r} failed")
 
-    async def pull(self, image: str) -> PullResult:
-        return await self._engine.pull(image)
-
     # --- running ------------------------------------------------------------------
 
     def logs(self, container_id: str) -> DockerLogReader:
@@ -322,21 +297,9 @@ class DockerExecutor:
     def _user_to_resolve(self, request: LaunchRequest) -> _users.UserSpec | None:
         """The job's user when root is not allowed and only the image can say who it
         is; None when it needs no look-up. Refuses a user that is root on its face."""
-        if request.allow_root:
-            return None
-        # The submitting manager checked this too, under its own policy; the one that
-        # launches applies its own, whoever wrote the store.
-        try:
-            user = _users.parse_user_spec(request.user)
-        except _users.UserSpecError as exc:
-            raise InvalidJobSpec(f"user={request.user!r} cannot be used: {exc}") from None
-        if reason := user.root_reason():
-            raise PolicyViolation(
-                f"user={request.user!r} refused: {reason}, and the policy does not allow root "
-                "(allow_root=False)"
-            )
-        if user.numeric:
-            return None  # "uid:gid" runs as written: no call to the daemon
+        user = user_not_root(request)
+        if user is None or user.numeric:
+            return None  # root allowed, or "uid:gid", which runs as written
         if request.mounts:
             # Docker resolves the user in the image's own files, beneath the mounts,
             # while the archive endpoint reads through them (a mount on /etc, or on a

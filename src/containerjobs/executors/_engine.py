@@ -12,22 +12,31 @@ import json
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
 import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
 from aiodocker.utils import compose_auth_header
 
-from .._errors import ContainerJobsError, ExecutorError, HostUnavailable
-from .._hosts import RegistryAuth, TLSConfig
+from .. import _users
+from .._errors import (
+    ContainerJobsError,
+    ExecutorError,
+    HostUnavailable,
+    InvalidJobSpec,
+    PolicyViolation,
+)
+from .._hosts import DockerHost, RegistryAuth, SwarmHost, TLSConfig
 from .._images import parse_image
 from .._log import get_logger
-from ._base import PullResult, ResourceSample
+from ._base import LaunchRequest, PullResult, ResourceSample
 from ._docker_logs import parse_stamp, stamp_datetime
 
 _log = get_logger("containerjobs.docker")
 
+# Connections beyond the streams of running jobs, for control calls.
+_SPARE_CONNECTIONS = 8
 # Long-lived streams must not time out; control calls get a bound.
 FOREVER = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
 CONTROL = aiohttp.ClientTimeout(total=60, sock_connect=10)
@@ -76,6 +85,27 @@ def status_of(exc: ExecutorError) -> int | None:
 def gone_or_stopped(exc: ExecutorError) -> bool:
     # 404: no such object; 409: not running, or a removal already in progress.
     return status_of(exc) in (404, 409)
+
+
+def user_not_root(request: LaunchRequest) -> _users.UserSpec | None:
+    """The job's user, parsed, when the policy does not allow root (else None);
+    refuses a user that is root on its face, in any spelling Docker reads.
+
+    The manager that submitted the job checked this too, under its own policy; the
+    executor applies the launching manager's, whoever wrote the store.
+    """
+    if request.allow_root:
+        return None
+    try:
+        user = _users.parse_user_spec(request.user)
+    except _users.UserSpecError as exc:
+        raise InvalidJobSpec(f"user={request.user!r} cannot be used: {exc}") from None
+    if reason := user.root_reason():
+        raise PolicyViolation(
+            f"user={request.user!r} refused: {reason}, and the policy does not allow root "
+            "(allow_root=False)"
+        )
+    return user
 
 
 class EngineAPI:
@@ -260,3 +290,40 @@ class EngineAPI:
         except ExecutorError as exc:
             if not gone_or_stopped(exc):
                 raise
+
+
+H = TypeVar("H", DockerHost, SwarmHost)
+
+
+class EngineExecutor(Generic[H]):
+    """What both Docker executors are made of: their host, and one `EngineAPI` with a
+    pool sized for `connections_per_job` streams per running job."""
+
+    connections_per_job: ClassVar[int]
+
+    def __init__(self, host: H) -> None:
+        self._host: H = host
+        self._engine = EngineAPI(
+            host.name,
+            host.url,
+            tls=host.tls,
+            registry_auth=host.registry_auth,
+            connections=host.max_concurrent_jobs * self.connections_per_job + _SPARE_CONNECTIONS,
+        )
+
+    @property
+    def name(self) -> str:
+        return self._host.name
+
+    @property
+    def host(self) -> H:
+        return self._host
+
+    async def open(self) -> None:
+        await self._engine.open()
+
+    async def close(self) -> None:
+        await self._engine.close()
+
+    async def pull(self, image: str) -> PullResult:
+        return await self._engine.pull(image)

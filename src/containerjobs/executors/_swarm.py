@@ -39,13 +39,11 @@ from typing import Any
 import aiohttp
 import anyio
 
-from .. import _users
 from .._errors import (
     ContainerJobsError,
     ExecutorError,
     HostUnavailable,
     ImageNotFound,
-    InvalidJobSpec,
     PolicyViolation,
     Unschedulable,
 )
@@ -61,18 +59,21 @@ from ._base import (
     LaunchRequest,
     LineSink,
     OutputLine,
-    PullResult,
     ResourceSample,
 )
 from ._docker_logs import DockerLogReader
-from ._engine import FOREVER, EngineAPI, gone_or_stopped, parse_time, status_of, translate
+from ._engine import (
+    FOREVER,
+    EngineExecutor,
+    gone_or_stopped,
+    parse_time,
+    status_of,
+    translate,
+    user_not_root,
+)
 
 _log = get_logger("containerjobs.swarm")
 
-# Per running job: its log stream, its stats stream and the wait for its container,
-# plus the polls of its task.
-_CONNECTIONS_PER_JOB = 4
-_SPARE_CONNECTIONS = 8
 # Replicated-job services came with API 1.41 (Docker 20.10); a setting of
 # no-new-privileges for a service's containers with 1.46 (Docker 27).
 MIN_API = (1, 41)
@@ -134,37 +135,20 @@ def _newest(tasks: list[dict[str, Any]]) -> dict[str, Any] | None:
     return max(tasks, key=lambda task: str(task.get("CreatedAt") or ""), default=None)
 
 
-class SwarmExecutor:
+class SwarmExecutor(EngineExecutor[SwarmHost]):
     """Runs jobs as one-shot services on a Swarm cluster, through one manager."""
 
+    # Per running job: its log stream, its stats stream and the wait for its
+    # container, plus the polls of its task.
+    connections_per_job = 4
+
     def __init__(self, host: SwarmHost) -> None:
-        self._host = host
-        self._engine = EngineAPI(
-            host.name,
-            host.url,
-            tls=host.tls,
-            registry_auth=host.registry_auth,
-            connections=host.max_concurrent_jobs * _CONNECTIONS_PER_JOB + _SPARE_CONNECTIONS,
-        )
+        super().__init__(host)
         self._node_id: str | None = None  # the node of the daemon we speak to
         self._version: tuple[int, int] | None = None  # its API version
         self._killed: set[str] = set()  # services we killed
 
-    @property
-    def name(self) -> str:
-        return self._host.name
-
-    @property
-    def host(self) -> SwarmHost:
-        return self._host
-
     # --- connection --------------------------------------------------------------
-
-    async def open(self) -> None:
-        await self._engine.open()
-
-    async def close(self) -> None:
-        await self._engine.close()
 
     async def ping(self) -> None:
         await self._engine.ping()
@@ -206,18 +190,8 @@ class SwarmExecutor:
                     f"host speaks API {have}. Upgrade the cluster, or let jobs run without "
                     "it: SecurityPolicy(allow_unenforced=('no-new-privileges',))"
                 )
-        if request.allow_root:
-            return
-        try:
-            user = _users.parse_user_spec(request.user)
-        except _users.UserSpecError as exc:
-            raise InvalidJobSpec(f"user={request.user!r} cannot be used: {exc}") from None
-        if reason := user.root_reason():
-            raise PolicyViolation(
-                f"user={request.user!r} refused: {reason}, and the policy does not allow root "
-                "(allow_root=False)"
-            )
-        if not user.numeric:
+        user = user_not_root(request)
+        if user is not None and not user.numeric:
             # A name (or a uid without a group) is resolved on whichever node runs
             # the task, in the image there: nothing we can read first.
             raise PolicyViolation(
@@ -573,9 +547,6 @@ class SwarmExecutor:
             )
         return found
 
-    async def pull(self, image: str) -> PullResult:
-        # On the manager we speak to; every node pulls for itself when a task lands.
-        return await self._engine.pull(image)
 
 
 class _ServiceLogReader:
