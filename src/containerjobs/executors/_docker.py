@@ -34,7 +34,6 @@ from aiodocker.exceptions import DockerError
 
 from .. import _users
 from .._errors import (
-    ContainerJobsError,
     ExecutorError,
     ImageNotFound,
     InvalidJobSpec,
@@ -68,6 +67,8 @@ class DockerExecutor(EngineExecutor[DockerHost]):
 
     # Per running job: its log stream, its stats stream and its wait.
     connections_per_job = 3
+    creates = "container"
+    logger = "containerjobs.docker"
 
     def __init__(self, host: DockerHost) -> None:
         super().__init__(host)
@@ -258,18 +259,6 @@ class DockerExecutor(EngineExecutor[DockerHost]):
     async def remove(self, container_id: str) -> None:
         self._killed.discard(container_id)
         await self._engine.remove_container(container_id)
-
-    async def _remove_quietly(self, container_id: str | None, job_id: str) -> None:
-        try:
-            ids = (
-                [container_id]
-                if container_id
-                else [c.container_id for c in await self.find(job_id=job_id)]
-            )
-            for cid in ids:
-                await self.remove(cid)
-        except ContainerJobsError as exc:
-            _log.warning("container.cleanup_failed", job_id=job_id, host=self.name, error=str(exc))
 
     async def find(self, *, job_id: str | None = None) -> list[ContainerInfo]:
         label = LABEL_JOB_ID if job_id is None else f"{LABEL_JOB_ID}={job_id}"

@@ -30,7 +30,7 @@ from .._errors import (
 from .._hosts import DockerHost, RegistryAuth, SwarmHost, TLSConfig
 from .._images import parse_image
 from .._log import get_logger
-from ._base import LaunchRequest, PullResult, ResourceSample
+from ._base import ContainerInfo, LaunchRequest, PullResult, ResourceSample
 from ._docker_logs import parse_stamp, stamp_datetime
 
 _log = get_logger("containerjobs.docker")
@@ -300,6 +300,9 @@ class EngineExecutor(Generic[H]):
     pool sized for `connections_per_job` streams per running job."""
 
     connections_per_job: ClassVar[int]
+    # What a launch creates, for the log event when its removal fails, and where.
+    creates: ClassVar[str]
+    logger: ClassVar[str]
 
     def __init__(self, host: H) -> None:
         self._host: H = host
@@ -327,3 +330,25 @@ class EngineExecutor(Generic[H]):
 
     async def pull(self, image: str) -> PullResult:
         return await self._engine.pull(image)
+
+    async def find(self, *, job_id: str | None = None) -> list[ContainerInfo]:
+        raise NotImplementedError
+
+    async def remove(self, container_id: str) -> None:
+        raise NotImplementedError
+
+    async def _remove_quietly(self, container_id: str | None, job_id: str) -> None:
+        """After a failed or cancelled launch: remove what it made, found by label when
+        its id never came back. Logs what it cannot remove (reconciliation will)."""
+        try:
+            ids = (
+                [container_id]
+                if container_id
+                else [info.container_id for info in await self.find(job_id=job_id)]
+            )
+            for made in ids:
+                await self.remove(made)
+        except ContainerJobsError as exc:
+            get_logger(self.logger).warning(
+                f"{self.creates}.cleanup_failed", job_id=job_id, host=self.name, error=str(exc)
+            )

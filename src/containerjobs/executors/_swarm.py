@@ -40,7 +40,6 @@ import aiohttp
 import anyio
 
 from .._errors import (
-    ContainerJobsError,
     ExecutorError,
     HostUnavailable,
     ImageNotFound,
@@ -141,6 +140,8 @@ class SwarmExecutor(EngineExecutor[SwarmHost]):
     # Per running job: its log stream, its stats stream and the wait for its
     # container, plus the polls of its task.
     connections_per_job = 4
+    creates = "service"
+    logger = "containerjobs.swarm"
 
     def __init__(self, host: SwarmHost) -> None:
         super().__init__(host)
@@ -500,18 +501,6 @@ class SwarmExecutor(EngineExecutor[SwarmHost]):
                 },
             )
         return [str(item["Id"]) for item in found]
-
-    async def _remove_quietly(self, service_id: str | None, job_id: str) -> None:
-        try:
-            ids = (
-                [service_id]
-                if service_id
-                else [info.container_id for info in await self.find(job_id=job_id)]
-            )
-            for sid in ids:
-                await self.remove(sid)
-        except ContainerJobsError as exc:
-            _log.warning("service.cleanup_failed", job_id=job_id, host=self.name, error=str(exc))
 
     async def find(self, *, job_id: str | None = None) -> list[ContainerInfo]:
         label = LABEL_JOB_ID if job_id is None else f"{LABEL_JOB_ID}={job_id}"
