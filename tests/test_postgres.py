@@ -94,6 +94,7 @@ async def database() -> AsyncIterator[str]:
 class TestPostgresStorage(StorageContract):
     persistent = True
     shared_across_processes = True
+    reads_statuses = True
 
     @pytest.fixture(autouse=True)
     def _database(self, database: str) -> None:

@@ -46,6 +46,7 @@ class TestInMemoryStorage(StorageContract):
 
 
 class TestSQLiteStorage(StorageContract):
+    reads_statuses = True
     persistent = True
     shared_across_processes = True
 

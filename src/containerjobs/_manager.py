@@ -34,6 +34,7 @@ from ._models import (
     utcnow,
 )
 from ._policy import SecurityPolicy
+from ._polling import StatusPoll
 from ._secrets import NoSecrets, Secret, SecretSource
 from ._transitions import LostRace, StatusBoard
 from ._worker import ExecutorFactory, Worker
@@ -126,6 +127,12 @@ class JobManager:
         self._changes: ChangeFeed | None = getattr(self.storage, "changes", None)
         self._log: Logger = get_logger("containerjobs.manager").bind(manager=self.id)
         self._board = StatusBoard(self.storage, self._log, retry_delay=retry_delay)
+        self._polls = StatusPoll(
+            self.storage,
+            self._board,
+            lambda: self._poll_interval if self._changes is None else _CHANGES_FALLBACK,
+            self._log,
+        )
         # A client (no hosts) stores and reads jobs; only a worker runs them.
         self._worker = (
             Worker(
@@ -191,6 +198,7 @@ class JobManager:
                     await self._worker.serve(tg)
                 if self._changes is not None:
                     tg.start_soon(self._follow_changes, self._changes)
+                tg.start_soon(self._polls.run)
                 started.set()
                 await self._stop.wait()
                 tg.cancel_scope.cancel()
@@ -338,16 +346,31 @@ class JobManager:
         out first; the job goes on."""
         self._check_open()
         with anyio.fail_after(timeout):
-            delay = 0.05
+            changed = self._board.watch(job_id)
+            job = await self.storage.get(job_id)
+            status = job.status
             while True:
-                changed = self._board.watch(job_id)
-                job = await self.storage.get(job_id)
-                if job.status.is_terminal:
-                    self._board.wake(job_id)
-                    return job
-                with anyio.move_on_after(self._poll_delay(job, delay)):
+                if status.is_terminal:
+                    if job.status is not status:
+                        job = await self.storage.get(job_id)  # the final record
+                    if job.status.is_terminal:
+                        self._board.wake(job_id)
+                        return job
+                if self._poll_delay(job, 0.0) is None:
                     await changed.wait()
-                delay = min(delay * 2, self._poll_interval)
+                else:
+                    # Changes made elsewhere: one read of the store for every waiter.
+                    with self._polls.watching(job_id, status):
+                        await changed.wait()
+                changed = self._board.watch(job_id)
+                # A move the board told is known without reading the record; any other
+                # wake-up ("look again") reads it.
+                told = self._board.told(job_id)
+                if told is None or told is status:
+                    job = await self.storage.get(job_id)
+                    status = job.status
+                else:
+                    status = told
 
     async def logs(self, job_id: str, *, follow: bool = True) -> AsyncIterator[LogLine]:
         """The job's output lines, both streams in the order written.

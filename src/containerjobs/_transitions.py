@@ -159,6 +159,10 @@ class StatusBoard:
             with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
                 subscriber.send_nowait(record)
 
+    def told(self, job_id: str) -> JobStatus | None:
+        """The last status this board told of the job, if it still remembers."""
+        return self._told.get(job_id)
+
     def subscribe(self) -> EventStream:
         send, receive = anyio.create_memory_object_stream[JobEvent](math.inf)
         self._subscribers.append(send)

@@ -634,6 +634,16 @@ class PostgresStorage:
             )
         return {row[0]: row[1] for row in rows}
 
+    async def statuses(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        """The status of each of `job_ids` that exists, in one query: what the
+        manager's waiters poll, without decoding a record."""
+        async with self._connection(f"reading the status of {len(job_ids)} job(s)") as conn:
+            rows = await conn.fetch(
+                f"SELECT id, status FROM {self._jobs} WHERE id = ANY($1::text[])",
+                list(job_ids),
+            )
+        return {row[0]: JobStatus(row[1]) for row in rows}
+
     async def count_by_status(self) -> dict[JobStatus, int]:
         async with self._connection("counting jobs") as conn:
             rows = await conn.fetch(f"SELECT status, count(*) FROM {self._jobs} GROUP BY status")

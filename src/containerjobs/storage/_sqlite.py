@@ -118,6 +118,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
+# Ids per "IN (...)" list: well under SQLite's limit of host parameters.
+_IN_CHUNK = 500
 # Long enough to ride out another process's write transaction (they are all short),
 # short enough that a stuck lock surfaces as an error rather than a hang.
 _BUSY_TIMEOUT_SECONDS = 10.0
@@ -587,6 +589,20 @@ class SQLiteStorage:
     async def count_active(self) -> dict[str, int]:
         async with self._connection("counting active jobs") as db:
             return await _count_active(db)
+
+    async def statuses(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        """The status of each of `job_ids` that exists, in one read: what the
+        manager's waiters poll, without decoding a record."""
+        found: dict[str, JobStatus] = {}
+        async with self._connection(f"reading the status of {len(job_ids)} job(s)") as db:
+            for start in range(0, len(job_ids), _IN_CHUNK):
+                chunk = list(job_ids[start : start + _IN_CHUNK])
+                marks = ",".join("?" * len(chunk))
+                rows = await db.execute_fetchall(
+                    f"SELECT id, status FROM jobs WHERE id IN ({marks})", chunk
+                )
+                found.update((job_id, JobStatus(status)) for job_id, status in rows)
+        return found
 
     async def count_by_status(self) -> dict[JobStatus, int]:
         async with self._connection("counting jobs") as db:

@@ -279,10 +279,13 @@ class StorageContract:
     - `shared_across_processes`: several store objects on one underlying store (as
       several processes hold) see each other's writes at once, and their
       `compare_and_set` and `claim_next` are atomic between them.
+    - `reads_statuses`: the store has the optional ``statuses(job_ids)``, the
+      status of many jobs in one read (what a manager's waiters poll).
     """
 
     persistent: ClassVar[bool] = False
     shared_across_processes: ClassVar[bool] = False
+    reads_statuses: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # A check of a capability the store does not claim is not run at all (rather
@@ -907,6 +910,20 @@ class StorageContract:
                 [make_job(f"many{n:03}", status=JobStatus.RUNNING, host="h3") for n in range(120)]
             )
             assert len(await storage.active_jobs()) == 124
+
+    @_needs("reads_statuses")
+    async def test_statuses_of_many_jobs_in_one_read(self, tmp_path: Path) -> None:
+        async with self.opened(tmp_path) as storage:
+            statuses = storage.statuses  # type: ignore[attr-defined]
+            assert await statuses([]) == {}
+            many = [make_job(f"j{n:04}") for n in range(1200)]  # past any IN-list chunk
+            await storage.create([*many, make_job("r", status=JobStatus.RUNNING, host="h")])
+            claimed = await storage.claim_next("m", {"h2": 1}, first, now=NOW)
+            found = await statuses(["r", "absent", *[job.id for job in many]])
+            assert found["r"] is JobStatus.RUNNING and "absent" not in found
+            assert found[claimed[0].id] is JobStatus.LAUNCHING
+            assert sum(status is JobStatus.PENDING for status in found.values()) == 1199
+            assert all(isinstance(status, JobStatus) for status in found.values())
 
     async def test_count_active_and_count_by_status(self, tmp_path: Path) -> None:
         async with self.opened(tmp_path) as storage:
