@@ -30,6 +30,7 @@ class LogHub:
         self.buffer: list[StoredLine] = []  # seq flushed, flushed + 1, ...
         self.closed = False
         self._changed = anyio.Event()
+        self._waiting = anyio.Event()  # set while lines wait for a flush
         self._full = anyio.Event()
         self._lock = anyio.Lock()
         self._store = store
@@ -40,12 +41,15 @@ class LogHub:
 
     def add(self, line: LogLine) -> None:
         self.buffer.append(StoredLine(self.next_seq, line))
+        self._waiting.set()
         if len(self.buffer) >= _FLUSH_LINES:
             self._full.set()
         self._notify()
 
     async def due(self, interval: float) -> None:
-        """Return after `interval` seconds, or sooner when enough lines wait."""
+        """Return `interval` seconds after a line came to wait for a flush, or sooner
+        when enough lines wait. A job that prints nothing costs no wake-up."""
+        await self._waiting.wait()
         with anyio.move_on_after(interval):
             await self._full.wait()
 
@@ -58,6 +62,8 @@ class LogHub:
             await self._store(self.job_id, batch)
             del self.buffer[: len(batch)]
             self.flushed += len(batch)
+            if not self.buffer:
+                self._waiting = anyio.Event()
             if len(self.buffer) < _FLUSH_LINES and self._full.is_set():
                 self._full = anyio.Event()
 

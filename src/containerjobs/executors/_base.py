@@ -250,7 +250,9 @@ class Executor(Protocol):
         ...
 
     def stats(self, container_id: str) -> AsyncIterator[ResourceSample]:
-        """Resource readings while the container runs, about one a second."""
+        """Resource readings while the container runs, at the engine's pace: the
+        Docker executors read often in the first seconds, then every 15 s, and the
+        manager keeps the peak memory and the average CPU of them."""
         ...
 
     async def wait(self, container_id: str) -> ExitStatus:

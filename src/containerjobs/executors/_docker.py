@@ -11,10 +11,13 @@ shape this module:
   (seen with fast containers and long unterminated lines), so the manager reads
   once more after the exit, from where the follow got to.
 - ``wait`` is only called after ``start`` (a created container "is not running" yet).
-- Resource use comes from the streamed stats; a one-shot read takes 1-2 s.
+- Resource use comes from one-shot reads of the stats (``one-shot=1``: at once, not
+  after the 1-2 s a plain ``stream=0`` read waits), often at first and then every
+  15 s: a stream per job kept dockerd busy gathering figures nobody needed.
 - A pull reports failure inside an HTTP 200 stream: every message is checked.
-- aiohttp's pool holds 100 connections by default, and every running job holds up to
-  three (logs, stats, wait): the pool is sized from ``max_concurrent_jobs``.
+- aiohttp's pool holds 100 connections by default, and every running job holds two
+  (logs, wait) and briefly a third (a stats read): the pool is sized from
+  ``max_concurrent_jobs``.
 """
 
 from __future__ import annotations
