@@ -323,3 +323,26 @@ async def test_leaving_the_manager_cancels_running_jobs(
         await until_status(manager, job.id, cj.JobStatus.RUNNING)
     assert not testbed.labelled_containers()
     # The record says what happened, in a store that outlives the manager.
+
+
+async def test_a_running_job_holds_two_connections_and_is_still_measured(
+    local_host: cj.DockerHost, image: str, no_leftovers: None
+) -> None:
+    # Its log stream and its wait; stats are one-shot reads on a pooled connection.
+    async with cj.JobManager(hosts=[local_host]) as manager:
+        jobs = await manager.submit_many(
+            [cj.JobSpec(image=image, command="sleep 4; echo done") for _ in range(6)]
+        )
+        for job in jobs:
+            await until_status(manager, job.id, cj.JobStatus.RUNNING)
+        await anyio.sleep(1.5)  # past the first stats readings
+        assert manager._worker is not None
+        executor = manager._worker.monitor["local"].executor
+        connector = executor._engine._connector  # type: ignore[attr-defined]
+        held = len(connector._acquired)
+        done = [await manager.wait(job.id, timeout=60) for job in jobs]
+    assert held <= 2 * len(jobs) + 1
+    for job in done:
+        assert job.stdout == "done\n"
+        assert job.max_memory_bytes is not None and job.max_memory_bytes > 0
+        assert job.cpu_usage_percent is not None
