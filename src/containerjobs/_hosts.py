@@ -161,6 +161,10 @@ class DockerHost:
         weight: relative capacity; placement prefers the lowest running-to-weight ratio.
         active: an inactive host gets no new jobs.
         registry_auth: credentials per registry host (``"127.0.0.1:5000"``) for pulls.
+        runtime: the OCI runtime of this host's job containers, by the name the
+            daemon knows it by (``"runsc"`` for gVisor, ``"crun"``, as registered in
+            its ``daemon.json``); `None` for the daemon's default (``runc``). A name
+            the daemon does not know fails each job with `InvalidJobSpec`, not retried.
     """
 
     name: str = attrs.field()
@@ -170,11 +174,21 @@ class DockerHost:
     weight: int = attrs.field(default=100, validator=_positive_int)
     active: bool = True
     registry_auth: dict[str, RegistryAuth] = attrs.field(factory=dict, converter=_to_auth)
+    runtime: str | None = attrs.field(default=None, kw_only=True)
 
     @name.validator
     def _check_name(self, _: attrs.Attribute[str], value: str) -> None:
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"host name must be a non-empty str, got {value!r}")
+
+    @runtime.validator
+    def _check_runtime(self, _: attrs.Attribute[str | None], value: str | None) -> None:
+        if value is not None and (
+            not isinstance(value, str) or not value.strip() or "\x00" in value
+        ):
+            raise ValueError(
+                f"host {self.name!r}: runtime must be None or a runtime's name, got {value!r}"
+            )
 
     def executor(self) -> DockerExecutor:
         from .executors import DockerExecutor

@@ -25,6 +25,8 @@ from ._templates import parse_environment
 
 PullPolicy = Literal["if-not-present", "always", "never"]
 PULL_POLICIES: tuple[str, ...] = ("if-not-present", "always", "never")
+# None is the engine's default (Docker's bridge); "none" gives the job loopback only.
+NETWORK_MODES: tuple[str, ...] = ("none", "bridge")
 Stream = Literal["stdout", "stderr"]
 
 
@@ -314,6 +316,11 @@ class JobSpec:
 
     An `environment` value is stored as given, unless it is a `Secret`: then only
     its name is stored, and the manager that launches the job resolves it.
+
+    `network_mode` is for a job without `networks`: ``"none"`` gives it a loopback
+    interface only, ``"bridge"`` the engine's default bridge, `None` the policy's
+    default (`SecurityPolicy.default_network_mode`). ``"none"`` with `networks` is
+    refused; ``"bridge"`` with them joins the default bridge as well.
     """
 
     image: str = attrs.field()
@@ -336,6 +343,7 @@ class JobSpec:
     host: str | None = attrs.field(kw_only=True, default=None)
     pull_policy: PullPolicy = attrs.field(kw_only=True, default="if-not-present")
     placement: tuple[str, ...] = attrs.field(kw_only=True, default=(), converter=_to_placement)
+    network_mode: str | None = attrs.field(kw_only=True, default=None)
     max_retries: int = attrs.field(kw_only=True, default=0)
     priority: int = attrs.field(kw_only=True, default=0)
 
@@ -364,6 +372,19 @@ class JobSpec:
                 False,
                 f"JobSpec.pull_policy must be one of {', '.join(PULL_POLICIES)}, "
                 f"got {self.pull_policy!r}",
+            )
+        if self.network_mode is not None:
+            if not isinstance(self.network_mode, str):
+                raise _type_error("network_mode", self.network_mode, "a str or None")
+            _require(
+                self.network_mode in NETWORK_MODES,
+                f"JobSpec.network_mode must be None or one of {', '.join(NETWORK_MODES)}, "
+                f"got {self.network_mode!r}",
+            )
+            _require(
+                not (self.network_mode == "none" and self.networks),
+                "JobSpec.network_mode='none' cannot go with networks="
+                f"{[net.name for net in self.networks]!r}: a job with no network joins none",
             )
         for field in ("max_retries", "priority"):
             value = getattr(self, field)

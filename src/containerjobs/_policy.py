@@ -12,7 +12,7 @@ import attrs
 from ._errors import InvalidJobSpec, PolicyViolation
 from ._images import canonical_registry, parse_image
 from ._log import get_logger
-from ._models import Job, JobSpec, Mount
+from ._models import NETWORK_MODES, Job, JobSpec, Mount
 from ._secrets import Secret
 from ._users import UserSpecError, parse_user_spec
 from .executors._base import LABEL_ATTEMPT, LABEL_JOB_ID, UNENFORCEABLE, LaunchRequest
@@ -68,6 +68,10 @@ class SecurityPolicy:
     An engine that cannot express a hardening setting refuses the job, unless that
     setting is named in `allow_unenforced`: on a Swarm host older than API 1.46,
     ``allow_unenforced=("no-new-privileges",)`` lets jobs run without it.
+
+    `default_network_mode` is the `JobSpec.network_mode` of a job that names neither
+    a mode nor `networks`: ``"none"`` keeps every such job off the network unless its
+    spec asks for ``"bridge"``.
     """
 
     max_memory_mb: int = 2048
@@ -85,6 +89,7 @@ class SecurityPolicy:
     drop_capabilities: bool = True
     no_new_privileges: bool = True
     pids_limit: int | None = 256
+    default_network_mode: str | None = None
     allowed_registries: tuple[str, ...] | None = attrs.field(default=None, converter=_tuple_or_none)
     allowed_mount_sources: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     allow_unenforced: tuple[str, ...] = attrs.field(default=(), converter=_names)
@@ -112,6 +117,13 @@ class SecurityPolicy:
                 f"SecurityPolicy: allow_unenforced names {', '.join(map(repr, unknown))}, "
                 f"not a setting an engine may leave unenforced "
                 f"({', '.join(sorted(UNENFORCEABLE))})"
+            )
+        if self.default_network_mode is not None and (
+            self.default_network_mode not in NETWORK_MODES
+        ):
+            raise ValueError(
+                f"SecurityPolicy: default_network_mode must be None or one of "
+                f"{', '.join(NETWORK_MODES)}, got {self.default_network_mode!r}"
             )
         try:
             default_user = parse_user_spec(self.default_user)
@@ -169,6 +181,7 @@ class SecurityPolicy:
             no_new_privileges=self.no_new_privileges,
             mounts=spec.mounts,
             networks=spec.networks,
+            network_mode=spec.network_mode,
             pull_policy=spec.pull_policy,
             placement=spec.placement,
             allow_unenforced=frozenset(self.allow_unenforced),
@@ -216,6 +229,10 @@ class SecurityPolicy:
         environment = {**(template or {}), **spec.environment}
         self.check_environment(environment)
         mounts = tuple(self._check_mount(mount) for mount in spec.mounts)
+        network_mode = spec.network_mode
+        if network_mode is None and not spec.networks:
+            # A job that names its networks takes its network from them.
+            network_mode = self.default_network_mode
         return attrs.evolve(
             spec,
             memory_limit_mb=int(memory),
@@ -224,6 +241,7 @@ class SecurityPolicy:
             user=user,
             environment=environment,
             mounts=mounts,
+            network_mode=network_mode,
         )
 
     def _limit(

@@ -78,6 +78,12 @@ class LaunchRequest:
         drop_capabilities: drop every Linux capability.
         no_new_privileges: forbid gaining privileges (setuid binaries).
         mounts: host folders to bind, their sources resolved and allowed.
+        networks: the networks the container joins, the first at create.
+        network_mode: ``"none"`` for no network but loopback (never with
+            `networks`), ``"bridge"`` for the engine's default bridge (as well as
+            `networks`, if any), `None` for the engine's default: the default
+            bridge, or `networks` alone when there are any. An engine that cannot
+            give a container no network must refuse ``"none"`` with `InvalidJobSpec`.
         placement: constraints on the node the job runs on, for an engine that
             places jobs itself (Swarm); an engine that does not must refuse them.
         allow_unenforced: hardening settings (named as in `UNENFORCEABLE`) the
@@ -104,6 +110,7 @@ class LaunchRequest:
     mounts: tuple[Mount, ...]
     networks: tuple[NetworkAttachment, ...]
     pull_policy: PullPolicy
+    network_mode: str | None = None
     placement: tuple[str, ...] = ()
     allow_unenforced: frozenset[str] = frozenset()
 

@@ -111,6 +111,9 @@ class DockerExecutor(EngineExecutor[DockerHost]):
             host_config["SecurityOpt"] = ["no-new-privileges"]
         if request.pids_limit is not None:
             host_config["PidsLimit"] = request.pids_limit
+        if self.host.runtime is not None:
+            # The host's, not the job's: every job on this host runs on it.
+            host_config["Runtime"] = self.host.runtime
         config: dict[str, Any] = {
             "Image": request.image,
             "Env": [f"{key}={value}" for key, value in request.environment.items()],
@@ -125,7 +128,11 @@ class DockerExecutor(EngineExecutor[DockerHost]):
             config["Cmd"] = list(request.command)
         if request.working_directory is not None:
             config["WorkingDir"] = request.working_directory
-        if request.networks:
+        if request.network_mode is not None:
+            # "none": loopback only; "bridge": the default bridge, and the networks
+            # (if any) connected between create and start.
+            host_config["NetworkMode"] = request.network_mode
+        elif request.networks:
             first = request.networks[0]
             host_config["NetworkMode"] = first.name
             # Before API 1.44 a create takes one endpoint; the rest are connected
@@ -154,7 +161,9 @@ class DockerExecutor(EngineExecutor[DockerHost]):
             container_id = await self._create(request, config, name)
             if user is not None:
                 await self._refuse_root_in_image(request, container_id, user)
-            for net in request.networks[1:]:
+            # The first network joined at create, unless a network mode took its place.
+            later = request.networks if request.network_mode is not None else request.networks[1:]
+            for net in later:
                 with translate(self.name, f"connecting job {job_id} to network {net.name!r}"):
                     await self._engine.json(
                         f"networks/{net.name}/connect",
@@ -189,6 +198,13 @@ class DockerExecutor(EngineExecutor[DockerHost]):
                     )
                     return str(data["Id"])
                 except DockerError as exc:
+                    if exc.status == 400 and "unknown runtime" in exc.message.lower():
+                        # Not retried: every attempt on this host would fail the same.
+                        raise InvalidJobSpec(
+                            f"host {self.name!r} names runtime {self.host.runtime!r}, which "
+                            f"its daemon does not know ({exc.message}): register it in the "
+                            "daemon's daemon.json \"runtimes\", or fix DockerHost(runtime=...)"
+                        ) from exc
                     missing = exc.status == 404 and "image" in exc.message.lower()
                     if not missing:
                         raise

@@ -43,6 +43,7 @@ from .._errors import (
     ExecutorError,
     HostUnavailable,
     ImageNotFound,
+    InvalidJobSpec,
     PolicyViolation,
     Unschedulable,
 )
@@ -181,6 +182,15 @@ class SwarmExecutor(EngineExecutor[SwarmHost]):
 
     def _check(self, request: LaunchRequest, version: tuple[int, int]) -> None:
         """Refuse what a service cannot be made to enforce."""
+        if request.network_mode == "none":
+            # Swarm 20.10 answers "could not find the corresponding predefined swarm
+            # network: network none not found" to a task on the "none" network, and a
+            # task with no network at all gets the node's bridge.
+            raise InvalidJobSpec(
+                f"job {request.job_id}: network_mode='none' cannot run on Swarm host "
+                f"{self.name!r}, as a Swarm service cannot be given no network; run it "
+                "on a DockerHost"
+            )
         if request.no_new_privileges and version < NO_NEW_PRIVILEGES_API:
             if "no-new-privileges" not in request.allow_unenforced:
                 have = ".".join(map(str, version))
