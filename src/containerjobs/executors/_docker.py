@@ -175,7 +175,13 @@ class DockerExecutor(EngineExecutor[DockerHost]):
                             }
                         ),
                     )
-            with translate(self.name, f"starting the container of job {job_id}"):
+            # A runtime that cannot create containers here fails at start, in words
+            # that do not name it ("OCI runtime create failed: ..."): the message does.
+            runtime = self.host.runtime
+            starting = f"starting the container of job {job_id}" + (
+                f" with runtime {runtime!r}" if runtime is not None else ""
+            )
+            with translate(self.name, starting):
                 await self._engine.json(f"containers/{container_id}/start", method="POST")
             return container_id
         except BaseException:
@@ -248,26 +254,29 @@ class DockerExecutor(EngineExecutor[DockerHost]):
 
     async def wait(self, container_id: str) -> ExitStatus:
         with translate(self.name, f"waiting for container {container_id[:12]}"):
-            await self._engine.json(
+            waited = await self._engine.json(
                 f"containers/{container_id}/wait", method="POST", timeout=FOREVER
             )
+            code = waited.get("StatusCode")
+            error = (waited.get("Error") or {}).get("Message") or None
+            killed = container_id in self._killed
+            self._killed.discard(container_id)
+            if code != 137 or killed:
+                # The wait's answer says it all: no inspect on a short job's path.
+                return ExitStatus(exit_code=code, error=error)
+            # A SIGKILL we did not send may be an OOM kill, which only the container's
+            # state tells; the daemon learns of it from an event that can land just
+            # after the wait returns, so it gets a second look.
             state = await self._engine.container_state(container_id)
-            # The daemon learns of an OOM kill from an event that can land just after
-            # the wait returns: a SIGKILL we did not send gets a second look.
             for delay in _OOM_RECHECKS:
-                if (
-                    state.get("ExitCode") != 137
-                    or state.get("OOMKilled")
-                    or container_id in self._killed
-                ):
+                if state.get("OOMKilled"):
                     break
                 await anyio.sleep(delay)
                 state = await self._engine.container_state(container_id)
-        self._killed.discard(container_id)
         return ExitStatus(
             exit_code=state.get("ExitCode"),
             oom_killed=bool(state.get("OOMKilled")),
-            error=state.get("Error") or None,
+            error=state.get("Error") or error,
             finished_at=parse_time(state.get("FinishedAt") or ""),
         )
 

@@ -191,6 +191,13 @@ class SwarmExecutor(EngineExecutor[SwarmHost]):
                 f"{self.name!r}, as a Swarm service cannot be given no network; run it "
                 "on a DockerHost"
             )
+        if request.network_mode == "bridge" and request.networks:
+            # Alone, "bridge" is what a task without networks gets anyway; beside a
+            # swarm's own networks it is not a mix we have seen Swarm make.
+            raise InvalidJobSpec(
+                f"job {request.job_id}: network_mode='bridge' with networks cannot run on "
+                f"Swarm host {self.name!r}: name the networks alone, or run it on a DockerHost"
+            )
         if request.no_new_privileges and version < NO_NEW_PRIVILEGES_API:
             if "no-new-privileges" not in request.allow_unenforced:
                 have = ".".join(map(str, version))
