@@ -339,9 +339,10 @@ async def test_a_running_job_holds_two_connections_and_is_still_measured(
         assert manager._worker is not None
         executor = manager._worker.monitor["local"].executor
         connector = executor._engine._connector  # type: ignore[attr-defined]
-        held = len(connector._acquired)
+        # In use, and idle in the pool (stats reads at once are few, so few idle).
+        held = len(connector._acquired) + sum(len(idle) for idle in connector._conns.values())
         done = [await manager.wait(job.id, timeout=60) for job in jobs]
-    assert held <= 2 * len(jobs) + 1
+    assert held <= 2 * len(jobs) + 3
     for job in done:
         assert job.stdout == "done\n"
         assert job.max_memory_bytes is not None and job.max_memory_bytes > 0

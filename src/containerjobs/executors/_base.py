@@ -258,7 +258,7 @@ class Executor(Protocol):
 
     def stats(self, container_id: str) -> AsyncIterator[ResourceSample]:
         """Resource readings while the container runs, at the engine's pace: the
-        Docker executors read often in the first seconds, then every 15 s, and the
+        Docker executors read a few times in the first seconds, then every 30 s, and the
         manager keeps the peak memory and the average CPU of them."""
         ...
 

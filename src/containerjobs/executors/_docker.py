@@ -12,8 +12,8 @@ shape this module:
   once more after the exit, from where the follow got to.
 - ``wait`` is only called after ``start`` (a created container "is not running" yet).
 - Resource use comes from one-shot reads of the stats (``one-shot=1``: at once, not
-  after the 1-2 s a plain ``stream=0`` read waits), often at first and then every
-  15 s: a stream per job kept dockerd busy gathering figures nobody needed.
+  after the 1-2 s a plain ``stream=0`` read waits), a few at first and then every
+  30 s: a stream per job kept dockerd busy gathering figures nobody needed.
 - A pull reports failure inside an HTTP 200 stream: every message is checked.
 - aiohttp's pool holds 100 connections by default, and every running job holds two
   (logs, wait) and briefly a third (a stats read): the pool is sized from

@@ -37,10 +37,14 @@ from ._docker_logs import parse_stamp, stamp_datetime
 
 _log = get_logger("containerjobs.docker")
 
-# The pauses before the readings of a container's stats: often at first, then
-# every _STATS_MOST seconds.
-_STATS_PAUSES = (0.25, 0.75, 1.0, 2.0, 4.0, 7.0)
-_STATS_MOST = 15.0
+# The pauses before the readings of a container's stats: one at once (so that even a
+# job of a few milliseconds has figures), a few in its first seconds, then every
+# _STATS_MOST s (each read costs dockerd, containerd and the shim some milliseconds).
+_STATS_PAUSES = (0.0, 1.0, 3.0, 6.0)
+_STATS_MOST = 30.0
+# Stats reads at once, at most: jobs started together read together, and each read
+# in flight holds a connection that then idles in the pool.
+_STATS_READS = 2
 # Connections beyond the streams of running jobs, for control calls.
 _SPARE_CONNECTIONS = 8
 # Long-lived streams must not time out; control calls get a bound.
@@ -141,6 +145,7 @@ class EngineAPI:
         self._connections = connections
         self._docker: aiodocker.Docker | None = None
         self._connector: aiohttp.BaseConnector | None = None
+        self._stats_reads = anyio.Semaphore(_STATS_READS)
 
     async def open(self) -> None:
         if self._docker is not None:
@@ -251,7 +256,7 @@ class EngineAPI:
         return PullResult(image, True)
 
     async def container_stats(self, container_id: str) -> AsyncIterator[ResourceSample]:
-        """Readings of a running container's resource use, often in its first seconds
+        """Readings of a running container's resource use, a few in its first seconds
         and then every `_STATS_MOST` seconds, until it stops.
 
         Each is a one-shot read on a pooled connection: no stream held per job, and the
@@ -264,9 +269,11 @@ class EngineAPI:
         for pause in itertools.chain(_STATS_PAUSES, itertools.repeat(_STATS_MOST)):
             await anyio.sleep(pause)
             with translate(self.name, what):
-                data = await self.json(
-                    f"containers/{container_id}/stats", params={"stream": "0", "one-shot": "1"}
-                )
+                async with self._stats_reads:
+                    data = await self.json(
+                        f"containers/{container_id}/stats",
+                        params={"stream": "0", "one-shot": "1"},
+                    )
             memory = data.get("memory_stats") or {}
             cpu = (data.get("cpu_stats") or {}).get("cpu_usage") or {}
             if not memory.get("usage") and not cpu.get("total_usage"):
