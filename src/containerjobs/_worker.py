@@ -209,13 +209,19 @@ class Worker:
 
     async def _cancel_request_loop(self) -> None:
         # A cancel asked through another manager arrives as a flag in the store: one
-        # read per round for all of this worker's jobs, not one per job.
+        # read per round for all of this worker's jobs, not one per job (the ids only,
+        # where the store can say them without decoding every record).
+        requests = getattr(self._storage, "cancel_requests", None)
         while True:
             await anyio.sleep(self._poll_interval)
             if not self.runs:
                 continue
             try:
-                jobs = await self._storage.active_jobs(owner=self._manager_id)
+                if requests is not None:
+                    asked = await requests(self._manager_id)
+                else:
+                    jobs = await self._storage.active_jobs(owner=self._manager_id)
+                    asked = [job.id for job in jobs if job.cancel_requested]
             except ContainerJobsError as exc:
                 self._repeats.report(
                     self._log.warning, "cancel_requests.unreadable", error=str(exc)
@@ -224,7 +230,7 @@ class Worker:
             self._repeats.recover(
                 self._log.info, "cancel_requests.unreadable", "cancel_requests.readable"
             )
-            for job in jobs:
-                run = self.runs.get(job.id)
-                if job.cancel_requested and run is not None:
+            for job_id in asked:
+                run = self.runs.get(job_id)
+                if run is not None:
                     run.request_cancel("cancelled")

@@ -634,6 +634,17 @@ class PostgresStorage:
             )
         return {row[0]: row[1] for row in rows}
 
+    async def cancel_requests(self, owner: str) -> builtins.list[str]:
+        """The ids of `owner`'s active jobs that someone asked to cancel: what a worker
+        reads every round, without decoding a record."""
+        async with self._connection("reading cancel requests") as conn:
+            rows = await conn.fetch(
+                f"SELECT id FROM {self._jobs} WHERE status IN {_ACTIVE_SQL} AND owner = $1"
+                " AND (record::jsonb ->> 'cancel_requested')::boolean",
+                owner,
+            )
+        return [row[0] for row in rows]
+
     async def statuses(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         """The status of each of `job_ids` that exists, in one query: what the
         manager's waiters poll, without decoding a record."""

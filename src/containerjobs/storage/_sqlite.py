@@ -586,6 +586,17 @@ class SQLiteStorage:
             rows = await db.execute_fetchall(sql, params)
         return [load_job(row[0]) for row in rows]
 
+    async def cancel_requests(self, owner: str) -> builtins.list[str]:
+        """The ids of `owner`'s active jobs that someone asked to cancel: what a worker
+        reads every round, without decoding a record."""
+        async with self._connection("reading cancel requests") as db:
+            rows = await db.execute_fetchall(
+                f"SELECT id FROM jobs WHERE status IN {_ACTIVE_SQL} AND owner = ?"
+                " AND json_extract(record, '$.cancel_requested') = 1",
+                (owner,),
+            )
+        return [row[0] for row in rows]
+
     async def count_active(self) -> dict[str, int]:
         async with self._connection("counting active jobs") as db:
             return await _count_active(db)

@@ -280,7 +280,9 @@ class StorageContract:
       several processes hold) see each other's writes at once, and their
       `compare_and_set` and `claim_next` are atomic between them.
     - `reads_statuses`: the store has the optional ``statuses(job_ids)``, the
-      status of many jobs in one read (what a manager's waiters poll).
+      status of many jobs in one read (what a manager's waiters poll), and
+      ``cancel_requests(owner)``, the ids of an owner's active jobs with a cancel
+      request (what a worker reads every round).
     """
 
     persistent: ClassVar[bool] = False
@@ -924,6 +926,28 @@ class StorageContract:
             assert found[claimed[0].id] is JobStatus.LAUNCHING
             assert sum(status is JobStatus.PENDING for status in found.values()) == 1199
             assert all(isinstance(status, JobStatus) for status in found.values())
+
+    @_needs("reads_statuses")
+    async def test_cancel_requests_of_one_owner(self, tmp_path: Path) -> None:
+        async with self.opened(tmp_path) as storage:
+            requests = storage.cancel_requests  # type: ignore[attr-defined]
+            running = [
+                make_job(f"r{n}", status=JobStatus.RUNNING, host="h", owner=owner)
+                for n, owner in enumerate(["a", "a", "b"])
+            ]
+            await storage.create(running)
+            assert await requests("a") == []
+            for job in running:
+                await storage.compare_and_set(
+                    attrs.evolve(job, cancel_requested=True),
+                    expected=JobStatus.RUNNING,
+                    expected_owner=job.owner,
+                )
+            assert sorted(await requests("a")) == ["r0", "r1"]
+            assert await requests("b") == ["r2"]
+            done = attrs.evolve(running[0], status=JobStatus.FAILED, cancel_requested=True)
+            await storage.compare_and_set(done, expected=JobStatus.RUNNING, expected_owner="a")
+            assert await requests("a") == ["r1"]  # active jobs only
 
     async def test_count_active_and_count_by_status(self, tmp_path: Path) -> None:
         async with self.opened(tmp_path) as storage:
