@@ -59,7 +59,6 @@ from ._engine import FOREVER, EngineExecutor, parse_time, translate, user_not_ro
 
 _log = get_logger("containerjobs.docker")
 
-_OOM_RECHECKS = (0.05, 0.1, 0.2, 0.4)
 # The label Docker puts on the containers of Swarm tasks: those are the Swarm
 # executor's, never this one's, even on a daemon that is both.
 SWARM_TASK_LABEL = "com.docker.swarm.task.id"
@@ -265,14 +264,8 @@ class DockerExecutor(EngineExecutor[DockerHost]):
                 # The wait's answer says it all: no inspect on a short job's path.
                 return ExitStatus(exit_code=code, error=error)
             # A SIGKILL we did not send may be an OOM kill, which only the container's
-            # state tells; the daemon learns of it from an event that can land just
-            # after the wait returns, so it gets a second look.
-            state = await self._engine.container_state(container_id)
-            for delay in _OOM_RECHECKS:
-                if state.get("OOMKilled"):
-                    break
-                await anyio.sleep(delay)
-                state = await self._engine.container_state(container_id)
+            # state tells.
+            state = await self._engine.state_after_sigkill(container_id)
         return ExitStatus(
             exit_code=state.get("ExitCode"),
             oom_killed=bool(state.get("OOMKilled")),

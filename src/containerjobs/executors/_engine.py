@@ -45,6 +45,7 @@ _STATS_MOST = 30.0
 # Stats reads at once, at most: jobs started together read together, and each read
 # in flight holds a connection that then idles in the pool.
 _STATS_READS = 2
+_OOM_RECHECKS = (0.05, 0.1, 0.2, 0.4)
 # Connections beyond the streams of running jobs, for control calls.
 _SPARE_CONNECTIONS = 8
 # Long-lived streams must not time out; control calls get a bound.
@@ -288,6 +289,19 @@ class EngineAPI:
     async def container_state(self, container_id: str) -> dict[str, Any]:
         info = await self.json(f"containers/{container_id}/json")
         return dict(info.get("State") or {})
+
+    async def state_after_sigkill(self, container_id: str) -> dict[str, Any]:
+        """The state of a container that exited by a SIGKILL we did not send, which
+        may be an OOM kill: the daemon learns of one from an event that can land just
+        after the exit, so a state without it gets a second look."""
+        with translate(self.name, f"inspecting container {container_id[:12]}"):
+            state = await self.container_state(container_id)
+            for delay in _OOM_RECHECKS:
+                if state.get("OOMKilled"):
+                    break
+                await anyio.sleep(delay)
+                state = await self.container_state(container_id)
+        return state
 
     async def kill_container(self, container_id: str) -> None:
         """SIGKILL; not an error when it already stopped or is gone."""

@@ -87,7 +87,6 @@ _POLL_MOST = 1.0
 # How long a task may wait for the scheduler without a word before the job is
 # handed back to the queue as not placeable.
 _PLACEMENT_WAIT = 10.0
-_OOM_RECHECKS = (0.05, 0.1, 0.2, 0.4)
 _GONE_WAIT = 10.0  # for a removed service's container to go
 
 # Task states (swarmkit's), in the order a task goes through them.
@@ -439,20 +438,13 @@ class SwarmExecutor(EngineExecutor[SwarmHost]):
         )
 
     async def _oom_killed(self, container_id: str) -> bool:
-        # The daemon learns of an OOM kill from an event that can land just after
-        # the exit: a SIGKILL we did not send gets a second look.
-        with translate(self.name, f"inspecting container {container_id[:12]}"):
-            for delay in (0.0, *_OOM_RECHECKS):
-                await anyio.sleep(delay)
-                try:
-                    state = await self._engine.container_state(container_id)
-                except ExecutorError as exc:
-                    if gone_or_stopped(exc):
-                        return False
-                    raise
-                if state.get("OOMKilled"):
-                    return True
-        return False
+        try:
+            state = await self._engine.state_after_sigkill(container_id)
+        except ExecutorError as exc:
+            if gone_or_stopped(exc):
+                return False  # removed meanwhile: nothing more to tell
+            raise
+        return bool(state.get("OOMKilled"))
 
     async def kill(self, container_id: str) -> None:
         self._killed.add(container_id)
