@@ -356,7 +356,7 @@ class JobManager:
                     if job.status.is_terminal:
                         self._board.wake(job_id)
                         return job
-                if self._poll_delay(job, 0.0) is None:
+                if not self._changes_elsewhere(job):
                     await changed.wait()
                 else:
                     # Changes made elsewhere: one read of the store for every waiter.
@@ -561,12 +561,13 @@ class JobManager:
 
     # --- waiting -------------------------------------------------------------------
 
-    def _poll_delay(self, job: Job, delay: float) -> float | None:
+    def _changes_elsewhere(self, job: Job) -> bool:
         # This manager signals every change it makes. Only a store shared with other
         # processes can change behind its back, and then only for jobs it does not run.
-        if not self.storage.persistent:
-            return None
-        if job.owner == self.id and job.status.is_active:
+        return self.storage.persistent and not (job.owner == self.id and job.status.is_active)
+
+    def _poll_delay(self, job: Job, delay: float) -> float | None:
+        if not self._changes_elsewhere(job):
             return None
         if self._changes is not None:
             # The store tells of every change: reading it again is only a fallback.
