@@ -84,6 +84,7 @@ from typing import Any
 import aiodocker
 import attrs
 import structlog
+from lifecycle import check_same_config, raw_config  # beside this script
 
 import containerjobs as cj
 
@@ -109,54 +110,8 @@ GOAL_CONNECTIONS_PER_JOB = 2
 # Every manager id and raw run id of this run: the labels of its containers.
 OURS: set[str] = set()
 
-# The hardened settings containerjobs applies with the default SecurityPolicy
-# (see DockerExecutor._container_config); check_same_config() proves they match.
-MEMORY = 512 * 1024 * 1024
-NANO_CPUS = 1_000_000_000
-PIDS_LIMIT = 256
-USER = "65534:65534"
-TMPFS = {"/tmp": "rw,nosuid,nodev,mode=1777,size=64m"}
-
-
-def raw_config(image: str, command: str, labels: dict[str, str]) -> dict[str, Any]:
-    """The engine config of one job, as containerjobs would send it."""
-    return {
-        "Image": image,
-        "Env": [],
-        "Labels": labels,
-        "Tty": False,
-        "OpenStdin": False,
-        "AttachStdin": False,
-        "Cmd": ["/bin/sh", "-c", command],
-        "User": USER,
-        "HostConfig": {
-            "Memory": MEMORY,
-            "MemorySwap": MEMORY,
-            "NanoCpus": NANO_CPUS,
-            "Privileged": False,
-            "ReadonlyRootfs": True,
-            "LogConfig": {"Type": "json-file", "Config": {}},
-            "Mounts": [],
-            "Tmpfs": dict(TMPFS),
-            "CapDrop": ["ALL"],
-            "SecurityOpt": ["no-new-privileges"],
-            "PidsLimit": PIDS_LIMIT,
-        },
-    }
-
-
-def check_same_config(image: str, command: str) -> None:
-    """Fail loudly if containerjobs' config differs from the raw runner's (labels aside)."""
-    from containerjobs.executors._docker import DockerExecutor
-
-    policy = cj.SecurityPolicy()
-    spec = policy.apply(cj.JobSpec(image=image, command=command))
-    job = cj.Job(id="x", spec=spec, name=None, created_at=datetime.now(UTC))
-    executor = DockerExecutor(cj.DockerHost("local", SOCKET))
-    theirs = {**executor._container_config(policy.launch_request(job, labels={})), "Labels": {}}
-    ours = raw_config(image, command, {})
-    if theirs != ours:
-        raise SystemExit(f"container configs differ:\n containerjobs: {theirs}\n raw: {ours}")
+# The raw runner's container is lifecycle.py's: the hardened settings containerjobs
+# applies with the default SecurityPolicy, proved the same by check_same_config().
 
 
 # --- the daemon, outside the windows -------------------------------------------------
@@ -591,7 +546,7 @@ class RawRunner:
         async def one() -> aiodocker.containers.DockerContainer:
             assert self.docker is not None
             jid = uuid.uuid4().hex
-            config = raw_config(self.args.image, command, {BENCH_LABEL: self.run_id})
+            config = raw_config(self.args.image, {BENCH_LABEL: self.run_id}, command)
             container = await self.docker.containers.create(config, name=f"cjb-idle-{jid}")
             self.containers.append(container)  # before start: close() removes it
             await container.start()

@@ -65,7 +65,7 @@ USER = "65534:65534"
 TMPFS = {"/tmp": "rw,nosuid,nodev,mode=1777,size=64m"}
 
 
-def raw_config(image: str, labels: dict[str, str]) -> dict[str, Any]:
+def raw_config(image: str, labels: dict[str, str], command: str = COMMAND) -> dict[str, Any]:
     """The engine config of one job, as containerjobs would send it."""
     return {
         "Image": image,
@@ -74,7 +74,7 @@ def raw_config(image: str, labels: dict[str, str]) -> dict[str, Any]:
         "Tty": False,
         "OpenStdin": False,
         "AttachStdin": False,
-        "Cmd": ["/bin/sh", "-c", COMMAND],
+        "Cmd": ["/bin/sh", "-c", command],
         "User": USER,
         "HostConfig": {
             "Memory": MEMORY,
@@ -92,16 +92,16 @@ def raw_config(image: str, labels: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def check_same_config(image: str) -> None:
+def check_same_config(image: str, command: str = COMMAND) -> None:
     """Fail loudly if containerjobs' config differs from the raw runners' (labels aside)."""
     from containerjobs.executors._docker import DockerExecutor
 
     policy = cj.SecurityPolicy()
-    spec = policy.apply(cj.JobSpec(image=image, command=COMMAND))
+    spec = policy.apply(cj.JobSpec(image=image, command=command))
     job = cj.Job(id="x", spec=spec, name=None, created_at=datetime.now(timezone.utc))
     executor = DockerExecutor(cj.DockerHost("local", SOCKET))
     theirs = executor._container_config(policy.launch_request(job, labels={}))
-    ours = raw_config(image, {})
+    ours = raw_config(image, {}, command)
     theirs = {**theirs, "Labels": {}}
     if theirs != ours:
         raise SystemExit(f"container configs differ:\n containerjobs: {theirs}\n raw: {ours}")
