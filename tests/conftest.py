@@ -7,7 +7,9 @@ import contextlib
 import json
 import os
 import shlex
+import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import anyio
 import attrs
 import pytest
+from anyio.streams.text import TextReceiveStream
 from hypothesis import HealthCheck, settings
 
 import containerjobs as cj
@@ -180,6 +183,24 @@ async def until_status(manager: cj.JobManager, job_id: str, status: cj.JobStatus
         return job
     finally:
         await events.aclose()
+
+
+async def kill_when_ready(script: str, folder: Path, *args: str) -> None:
+    """Run the Python `script` (written into `folder`) with `args`, and SIGKILL it once
+    it prints "ready": a manager that dies without a word, jobs running."""
+    path = folder / "hang.py"
+    path.write_text(script)
+    async with await anyio.open_process(
+        [sys.executable, str(path), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO,
+    ) as child:
+        assert child.stdout is not None
+        with anyio.fail_after(60):
+            async for text in TextReceiveStream(child.stdout):
+                if "ready" in text:
+                    break
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
 
 
 async def _postgres_admin(url: str, statement: str) -> None:

@@ -12,12 +12,18 @@ from pathlib import Path
 
 import anyio
 import pytest
-from anyio.streams.text import TextReceiveStream
 
 import containerjobs as cj
 from containerjobs import _run
 from containerjobs.storage import storage_from_url
-from tests.conftest import LOCAL_SOCKET, REPO, Bed, fresh_postgres_database, until_status
+from tests.conftest import (
+    LOCAL_SOCKET,
+    REPO,
+    Bed,
+    fresh_postgres_database,
+    kill_when_ready,
+    until_status,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -73,19 +79,7 @@ async def store_url(request: pytest.FixtureRequest, testbed: Bed,
 async def test_a_killed_manager_loses_nothing(testbed: Bed, store_url: str,
                                               tmp_path: Path, no_leftovers: None) -> None:
     db = store_url
-    script = tmp_path / "hang.py"
-    script.write_text(SUBMIT_AND_HANG)
-    async with await anyio.open_process(
-        [sys.executable, str(script), str(db), testbed.image],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO,
-    ) as child:
-        assert child.stdout is not None
-        with anyio.fail_after(60):
-            async for text in TextReceiveStream(child.stdout):
-                if "ready" in text:
-                    break
-        child.send_signal(signal.SIGKILL)
-        await child.wait()
+    await kill_when_ready(SUBMIT_AND_HANG, tmp_path, str(db), testbed.image)
     async with cj.JobManager(hosts=[local()], storage=storage_from_url(db)) as manager:
         jobs = await manager.list_jobs()
         assert len(jobs) == 4

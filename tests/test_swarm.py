@@ -4,7 +4,6 @@ recovery, and a daemon that is both a Docker host and a Swarm manager."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -13,13 +12,12 @@ from typing import Any, ClassVar
 
 import anyio
 import pytest
-from anyio.streams.text import TextReceiveStream
 
 import containerjobs as cj
 from containerjobs.executors import Executor, SwarmExecutor
 from containerjobs.storage import storage_from_url
 from containerjobs.testing import ExecutorContract
-from tests.conftest import LOCAL_SOCKET, REPO, Bed, labelled_services, until_status
+from tests.conftest import LOCAL_SOCKET, Bed, kill_when_ready, labelled_services, until_status
 
 pytestmark = pytest.mark.docker
 
@@ -379,19 +377,7 @@ async def test_a_killed_manager_s_swarm_jobs_are_adopted(
     testbed: Bed, tmp_path: Path, no_services: None
 ) -> None:
     db = f"sqlite://{tmp_path}/jobs.db"
-    script = tmp_path / "hang.py"
-    script.write_text(SUBMIT_AND_HANG)
-    async with await anyio.open_process(
-        [sys.executable, str(script), db, testbed.image],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO,
-    ) as child:
-        assert child.stdout is not None
-        with anyio.fail_after(60):
-            async for text in TextReceiveStream(child.stdout):
-                if "ready" in text:
-                    break
-        child.send_signal(signal.SIGKILL)
-        await child.wait()
+    await kill_when_ready(SUBMIT_AND_HANG, tmp_path, db, testbed.image)
     assert len(labelled_services(testbed)) >= 3  # they run on without their manager
     async with cj.JobManager(hosts=[swarm_host()], storage=storage_from_url(db),
                              policy=SWARM_POLICY) as adopter:
