@@ -221,7 +221,7 @@ def overwrite_page(path: Path, page: int, page_size: int) -> None:
         ("sqlite_autoindex_jobs_1", "reading a job by its id"),
         ("jobs_by_dispatch", "reading the queue of pending jobs"),
         ("jobs_by_created", "reading the newest jobs"),
-        ("logs", "reading table logs"),
+        ("log_chunks", "reading table log_chunks"),
         ("templates", "reading table templates"),
         ("managers", "reading table managers"),
         ("meta", "reading table meta"),
@@ -257,9 +257,9 @@ async def test_a_store_missing_a_table_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
     await write_store(path)
     async with aiosqlite.connect(path) as db:
-        await db.execute("DROP TABLE logs")
+        await db.execute("DROP TABLE log_chunks")
         await db.commit()
-    await assert_refused(path, "no such table: logs", "changed outside containerjobs")
+    await assert_refused(path, "no such table: log_chunks", "changed outside containerjobs")
 
 
 def _without_root_powers() -> list[str]:

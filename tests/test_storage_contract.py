@@ -20,10 +20,11 @@ import anyio
 import pytest
 
 from containerjobs._errors import StorageError
-from containerjobs._models import EnvironmentTemplate, Job, JobStatus
+from containerjobs._models import EnvironmentTemplate, Job, JobStatus, LogLine
 from containerjobs.storage import (
     InMemoryStorage,
     SQLiteStorage,
+    StoredLine,
     dump_job,
     format_datetime,
     parse_datetime,
@@ -134,7 +135,7 @@ _V1_INSERT = (
 
 
 async def write_old_file(path: Path, version: int, jobs: list[Job]) -> None:
-    """A file as containerjobs wrote it at schema `version` (1 or 2), with `jobs`."""
+    """A file as containerjobs wrote it at schema `version` (1 to 3), with `jobs`."""
     async with aiosqlite.connect(path, isolation_level=None) as db:
         for statements in MIGRATIONS[:version]:
             for statement in statements:
@@ -168,7 +169,7 @@ async def test_sqlite_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> N
         await store.close()
     async with aiosqlite.connect(path) as db:
         (version,) = next(iter(await db.execute_fetchall("PRAGMA user_version")))
-    assert version == SCHEMA_VERSION == 3
+    assert version == SCHEMA_VERSION == 4
 
 
 async def test_sqlite_a_version_2_file_gains_the_queue_columns(tmp_path: Path) -> None:
@@ -208,6 +209,55 @@ async def test_sqlite_a_version_2_file_gains_the_queue_columns(tmp_path: Path) -
         assert [(job.id, job.host) for job in claimed] == [("gpu", "gpu"), ("retry", "cpu")]
     finally:
         await store.close()
+
+
+# Lines as version 3 stored them, a row each: every kind of character, both streams,
+# times out of order and in another zone than UTC.
+_OLD_LINES = [
+    StoredLine(0, LogLine("stdout", "plain", at(1))),
+    StoredLine(1, LogLine("stderr", 'two\nlines, a "quote" and a \\', at(0.5))),
+    StoredLine(2, LogLine("stdout", "", at(0.5))),
+    StoredLine(3, LogLine("stdout", "nul\x00 tab\t häßlich ✓ \U0001f600", at(2).astimezone())),
+    StoredLine(4, LogLine("stderr", "\x1b[31mred\x1b[0m\r", at(3))),
+]
+
+
+async def test_sqlite_a_version_3_file_keeps_its_lines_as_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "v3.db"
+    await write_old_file(path, 3, [make_job("j"), make_job("k")])
+    async with aiosqlite.connect(path) as db:
+        await db.executemany(
+            "INSERT INTO logs (job_id, seq, stream, ts, text) VALUES (?, ?, ?, ?, ?)",
+            [
+                (job_id, stored.seq, stored.line.stream, format_datetime(stored.line.timestamp),
+                 stored.line.text)
+                for job_id in ("j", "k")
+                for stored in _OLD_LINES
+            ],
+        )
+        await db.commit()
+    store = SQLiteStorage(path)
+    await store.open()
+    try:
+        assert await store.read_logs("j") == _OLD_LINES
+        assert await store.read_logs("k", after=1, until=4) == _OLD_LINES[2:4]
+        assert await store.log_count("j") == 5
+        # New lines follow on, in a chunk of their own; a retry of old ones is ignored.
+        await store.append_logs("j", lines(3, 4))
+        assert await store.read_logs("j") == [*_OLD_LINES, *lines(5, 2)]
+        assert await store.delete(["k"]) == 1
+    finally:
+        await store.close()
+    async with aiosqlite.connect(path) as db:
+        (version,) = next(iter(await db.execute_fetchall("PRAGMA user_version")))
+        tables = {row[0] for row in await db.execute_fetchall("SELECT name FROM sqlite_master")}
+        chunks = list(
+            await db.execute_fetchall("SELECT job_id, first_seq, end_seq FROM log_chunks")
+        )
+    assert version == 4
+    assert "logs" not in tables
+    # One chunk per old line, as the migration made them, then the one new chunk.
+    assert chunks == [("j", 0, 1), ("j", 1, 2), ("j", 2, 3), ("j", 3, 4), ("j", 4, 5), ("j", 5, 7)]
 
 
 _CLAIMER = textwrap.dedent(

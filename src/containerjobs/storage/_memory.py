@@ -231,7 +231,7 @@ class InMemoryStorage:
         log = self._logs.setdefault(job_id, _Log())
         check_log_sequence(job_id, lines, next_seq=log.end)
         # Lines already stored are skipped (a retried write), the rest are one chunk.
-        new = lines[max(log.end - lines[0].seq, 0) :] if lines else lines
+        new = lines[log.end - lines[0].seq :] if lines else lines
         if new:
             log.chunks.append(encode_chunk(new))
             log.firsts.append(log.end)

@@ -14,8 +14,9 @@ import aiosqlite
 import anyio
 
 from .._errors import JobNotFound, StorageError, TemplateNotFound
-from .._models import EnvironmentTemplate, Job, JobStatus, LogLine
+from .._models import EnvironmentTemplate, Job, JobStatus
 from ._base import ChooseHost, StoredLine
+from ._chunks import LineWindow, encode_chunk
 from ._claim import ClaimRound
 from ._codec import (
     as_utc,
@@ -25,7 +26,6 @@ from ._codec import (
     format_datetime,
     lease_expiry,
     load_job,
-    parse_datetime,
     status_filter,
     store_now,
 )
@@ -115,11 +115,40 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                         retry_at = json_extract(record, '$.retry_at')
         """,
     ),
+    (
+        # A job's lines as chunks (see _chunks.py), one row per append_logs call:
+        # a row per line made the file grow by 170 bytes for a 7-byte line. end_seq
+        # is the seq after the chunk's last line. WITHOUT ROWID, as the old table,
+        # so that a job's chunks are one contiguous range of the b-tree.
+        """
+        CREATE TABLE log_chunks (
+            job_id    TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            first_seq INTEGER NOT NULL,
+            end_seq   INTEGER NOT NULL,
+            data      TEXT NOT NULL,
+            PRIMARY KEY (job_id, first_seq)
+        ) WITHOUT ROWID
+        """,
+        # Each old line becomes a chunk of one (about the size of its old row), its
+        # time kept as the ISO text it was, which the chunks' reader takes. Grouping
+        # lines into chunks here would need ordered aggregates (SQLite 3.44).
+        """
+        INSERT INTO log_chunks (job_id, first_seq, end_seq, data)
+        SELECT job_id, seq, seq + 1, json_object(
+            's', CASE stream WHEN 'stdout' THEN 'o' ELSE 'e' END,
+            't0', ts, 'd', json_array(), 'x', json_array(text))
+        FROM logs
+        """,
+        "DROP TABLE logs",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Ids per "IN (...)" list: well under SQLite's limit of host parameters.
 _IN_CHUNK = 500
+# Log chunks read_logs fetches at a time: a follower's page of 1000 lines is two or
+# three chunks of a busy job, or dozens of a quiet one's (a chunk per flush).
+_READ_CHUNKS = 32
 # Long enough to ride out another process's write transaction (they are all short),
 # short enough that a stuck lock surfaces as an error rather than a hang.
 _BUSY_TIMEOUT_SECONDS = 10.0
@@ -149,7 +178,7 @@ _HEALTH_READS = (
         " ORDER BY priority DESC, created_at, id LIMIT 1",
     ),
     ("the newest jobs", "SELECT record FROM jobs ORDER BY created_at DESC, id DESC LIMIT 1"),
-    ("table logs", "SELECT job_id, seq, stream, ts, text FROM logs LIMIT 1"),
+    ("table log_chunks", "SELECT job_id, first_seq, end_seq, data FROM log_chunks LIMIT 1"),
     ("table templates", "SELECT name, text, description FROM templates LIMIT 1"),
     ("table managers", "SELECT manager_id, expires_at, renewed_at, info FROM managers LIMIT 1"),
     ("table meta", "SELECT key, value FROM meta LIMIT 1"),
@@ -630,7 +659,7 @@ class SQLiteStorage:
         async with self._transaction(f"deleting {len(params)} job(s)") as db:
             # The foreign key cascades too, but only on connections that turned it on;
             # deleting the lines by hand keeps the file clean whoever else writes to it.
-            await db.executemany("DELETE FROM logs WHERE job_id = ?", params)
+            await db.executemany("DELETE FROM log_chunks WHERE job_id = ?", params)
             cursor = await db.executemany("DELETE FROM jobs WHERE id = ?", params)
             # executemany sums the rows each statement deleted; a repeated id adds 0.
             return cursor.rowcount
@@ -654,46 +683,57 @@ class SQLiteStorage:
     async def append_logs(self, job_id: str, lines: Sequence[StoredLine]) -> None:
         if not lines:
             return
-        rows = [
-            (
-                job_id,
-                stored.seq,
-                stored.line.stream,
-                format_datetime(stored.line.timestamp),
-                stored.line.text,
-            )
-            for stored in lines
-        ]
+        # Encoded before the lock is taken; again inside only for a retried write.
+        data = encode_chunk(lines)
         async with self._transaction(f"storing logs of job {job_id!r}") as db:
             # Checked inside the write transaction, so the answer still holds when
-            # the lines are inserted.
+            # the chunk is inserted.
             await self._require_job(db, job_id)
-            check_log_sequence(job_id, lines, next_seq=await _next_seq(db, job_id))
-            # OR IGNORE: a line already stored (a retried write) keeps its first text.
-            await db.executemany(
-                "INSERT OR IGNORE INTO logs (job_id, seq, stream, ts, text) VALUES (?, ?, ?, ?, ?)",
-                rows,
+            next_seq = await _next_seq(db, job_id)
+            check_log_sequence(job_id, lines, next_seq=next_seq)
+            # Lines already stored (a retried write) keep their first text.
+            new = lines[next_seq - lines[0].seq :]
+            if not new:
+                return
+            if len(new) < len(lines):
+                data = encode_chunk(new)
+            await db.execute(
+                "INSERT INTO log_chunks (job_id, first_seq, end_seq, data) VALUES (?, ?, ?, ?)",
+                (job_id, next_seq, next_seq + len(new), data),
             )
 
     async def read_logs(
         self, job_id: str, *, after: int = -1, until: int | None = None, limit: int | None = None
     ) -> builtins.list[StoredLine]:
         check_limit(limit)
-        sql = "SELECT seq, stream, ts, text FROM logs WHERE job_id = ? AND seq > ?"
-        params: builtins.list[Any] = [job_id, after]
-        if until is not None:
-            sql += " AND seq < ?"
-            params.append(until)
-        sql += " ORDER BY seq"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
+        window = LineWindow(after, until, limit)
+        if window.full:
+            return []
+        # From the chunk holding the first line wanted, found down the primary key (a
+        # filter on end_seq alone would read every chunk of the job before it).
+        sql = (
+            "SELECT first_seq, data FROM log_chunks WHERE job_id = ?1 AND end_seq > ?2"
+            " AND first_seq >= COALESCE((SELECT first_seq FROM log_chunks"
+            " WHERE job_id = ?1 AND first_seq <= ?2 ORDER BY first_seq DESC LIMIT 1), 0)"
+        )
+        params: builtins.list[Any] = [job_id, window.start]
+        if window.stop is not None:
+            sql += " AND first_seq < ?3"
+            params.append(window.stop)
+        sql += " ORDER BY first_seq"
         async with self._connection(f"reading logs of job {job_id!r}") as db:
-            rows = await db.execute_fetchall(sql, params)
-        return [
-            StoredLine(seq, LogLine(stream, text, parse_datetime(ts)))
-            for seq, stream, ts, text in rows
-        ]
+            # Through a cursor, a few chunks at a time, so a read with a limit stops
+            # once it has its lines rather than reading the job's whole output.
+            async with db.execute(sql, params) as cursor:
+                while not window.full:
+                    rows = list(await cursor.fetchmany(_READ_CHUNKS))
+                    for first_seq, data in rows:
+                        window.add(first_seq, data)
+                        if window.full:
+                            break
+                    if len(rows) < _READ_CHUNKS:
+                        break
+        return window.lines
 
     async def log_count(self, job_id: str) -> int:
         async with self._connection(f"counting logs of job {job_id!r}") as db:
@@ -804,14 +844,16 @@ async def _table_names(db: aiosqlite.Connection) -> builtins.list[str]:
 
 
 async def _next_seq(db: aiosqlite.Connection, job_id: str) -> int:
-    # MAX over the primary key is one b-tree descent; COUNT(*) would read every line.
-    # With no gaps allowed the two agree.
+    # The end of the job's last chunk: MAX(end_seq), as chunks follow each other with
+    # no gap nor overlap, but found in one descent of the primary key where MAX would
+    # read every chunk of the job.
     rows = list(
         await db.execute_fetchall(
-            "SELECT COALESCE(MAX(seq) + 1, 0) FROM logs WHERE job_id = ?", (job_id,)
+            "SELECT end_seq FROM log_chunks WHERE job_id = ? ORDER BY first_seq DESC LIMIT 1",
+            (job_id,),
         )
     )
-    return int(rows[0][0])
+    return int(rows[0][0]) if rows else 0
 
 
 async def _count_active(db: aiosqlite.Connection) -> dict[str, int]:
