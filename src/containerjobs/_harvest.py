@@ -3,14 +3,19 @@ and how its container ended, turned into the job's final status."""
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import signal
 import time
+from array import array
 from collections import deque
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Literal
 
 import attrs
 
-from ._models import Job, JobStatus, LogLine
+from ._models import Job, JobStatus, LogLine, Stream
 from .executors._base import ExitStatus, OutputLine, ResourceSample
 
 
@@ -54,6 +59,11 @@ class End:
     failure: str | None = None  # the engine failed us: host gone, container gone
 
 
+# The tail packs this many lines, or about this many bytes, to a block.
+_BLOCK_LINES = 1024
+_BLOCK_BYTES = 1 << 16
+
+
 def _size(text: str) -> int:
     # str.isascii() is O(1) in CPython: most lines skip the encode.
     return len(text) if text.isascii() else len(text.encode())
@@ -76,49 +86,144 @@ def _tail(text: str, budget: int) -> str:
     return text.encode()[-budget:].decode("utf-8", "ignore")
 
 
+class _Text:
+    """Text appended in many small pieces, packed as it grows: a million short lines
+    cost their characters, not a million string objects."""
+
+    def __init__(self) -> None:
+        self._packed: list[str] = []
+        self._pieces: list[str] = []
+
+    def append(self, piece: str) -> None:
+        self._pieces.append(piece)
+        if len(self._pieces) >= _BLOCK_LINES:
+            self._packed.append("".join(self._pieces))
+            self._pieces.clear()
+
+    def __str__(self) -> str:
+        return "".join(self._packed) + "".join(self._pieces)
+
+
+@attrs.define
+class _Block:
+    """Lines of a tail packed together: their written texts joined, where each ends,
+    and their stamps as POSIX times (exact to the microsecond, as datetimes are)."""
+
+    text: str
+    ends: array[int]
+    stamps: array[float]
+    size: int  # UTF-8 bytes of the lines from `start` on, less `skip`
+    start: int = 0  # lines before this one fell out
+    skip: int = 0  # characters of line `start` that fell out
+
+    def line(self, index: int) -> str:
+        begin = self.ends[index - 1] if index else 0
+        if index == self.start:
+            begin += self.skip
+        return self.text[begin : self.ends[index]]
+
+
+class _Tail:
+    """The newest `limit` bytes of one stream, and the count of those that fell out
+    before them. Lines are packed in blocks, so a tail of short lines takes about 20
+    bytes a line; whole blocks fall out as the tail grows, and `trim` cuts the oldest
+    one to the byte at the end. It holds at most `limit` bytes and two blocks more."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.dropped = 0
+        self.last_dropped: float | None = None  # the stamp of the newest line out
+        self._blocks: deque[_Block] = deque()
+        self._texts: list[str] = []  # the block being filled
+        self._stamps: list[datetime] = []
+        self._open_size = 0
+
+    def add(self, written: str, size: int, stamp: datetime) -> None:
+        self._texts.append(written)
+        self._stamps.append(stamp)
+        self._open_size += size
+        self.size += size
+        if len(self._texts) >= _BLOCK_LINES or self._open_size >= _BLOCK_BYTES:
+            self._pack()
+
+    def _pack(self) -> None:
+        if not self._texts:
+            return
+        ends = array("L", itertools.accumulate(map(len, self._texts)))
+        stamps = array("d", map(datetime.timestamp, self._stamps))
+        self._blocks.append(_Block("".join(self._texts), ends, stamps, self._open_size))
+        self._texts, self._stamps, self._open_size = [], [], 0
+        # Whole blocks fall out while those after them still hold `limit` bytes.
+        blocks = self._blocks
+        while len(blocks) > 1 and self.size - blocks[0].size >= self.limit:
+            self._drop(blocks.popleft())
+
+    def _drop(self, block: _Block) -> None:
+        self.size -= block.size
+        self.dropped += block.size
+        self.last_dropped = block.stamps[-1]
+
+    def trim(self) -> None:
+        """Cut the oldest lines to leave exactly the newest `limit` bytes (less a wide
+        character that did not fit), cutting inside a line where need be."""
+        self._pack()
+        while self.size > self.limit:
+            block = self._blocks[0]
+            line = block.line(block.start)
+            line_size = _size(line)
+            excess = self.size - self.limit
+            if line_size > excess:
+                # Keep the end of the line: what a terminal would show last.
+                kept = _tail(line, line_size - excess)
+                block.skip += len(line) - len(kept)
+                cut = line_size - _size(kept)
+                block.size -= cut
+                self.size -= cut
+                self.dropped += cut
+                self.last_dropped = block.stamps[block.start]
+                if kept:
+                    continue
+                line_size = 0  # a wide character that did not fit: the line is out
+            block.size -= line_size
+            self.size -= line_size
+            self.dropped += line_size
+            self.last_dropped = block.stamps[block.start]
+            block.start += 1
+            block.skip = 0
+            if block.start == len(block.ends):
+                self._blocks.popleft()
+
+    def first_stamp(self) -> float | None:
+        return self._blocks[0].stamps[self._blocks[0].start] if self._blocks else None
+
+    def text(self) -> str:
+        return "".join(
+            block.line(block.start) + block.text[block.ends[block.start] :]
+            for block in self._blocks
+        )
+
+    def lines(self, stream: Stream) -> Iterator[OutputLine]:
+        for block in self._blocks:
+            for index in range(block.start, len(block.ends)):
+                written = block.line(index)
+                newline = written.endswith("\n")
+                text = written[:-1] if newline else written
+                moment = datetime.fromtimestamp(block.stamps[index], UTC)
+                yield OutputLine(LogLine(stream, text, moment), newline)
+
+
 @attrs.define
 class _Kept:
     """One stream's output within its cap: a head kept as it came, then a tail of
     the newest bytes, with the count of the bytes left out between them."""
 
+    stream: Stream
     head_room: int
-    tail_limit: int
-    parts: list[str] = attrs.Factory(list)
-    tail: deque[OutputLine] = attrs.Factory(deque)
-    tail_bytes: int = 0
-    dropped: int = 0
+    tail: _Tail
+    written: _Text = attrs.Factory(_Text)
     head_full: bool = False
     cut: OutputLine | None = None  # the start of the line the head ends in
-    last_dropped: LogLine | None = None
-
-    def held(self, cap: int) -> list[OutputLine]:
-        """What is held back, in order: the start of the line the head ends in, a
-        marker when bytes fell out, the tail. Taken once, at the end."""
-        tail = list(self.tail)
-        self.tail.clear()
-        cut, self.cut = self.cut, None
-        if cut is not None and not self.dropped and tail:
-            # Nothing fell out: the line cut at the head's end is whole again.
-            rest = tail[0]
-            whole = cut.line.text + rest.line.text
-            tail[0] = OutputLine(attrs.evolve(cut.line, text=whole), rest.newline)
-            cut = None
-        items = [cut] if cut is not None else []
-        if self.dropped:
-            anchor = tail[0].line if tail else self.last_dropped
-            assert anchor is not None
-            text = (
-                f"[containerjobs: {self.dropped} bytes left out here: the "
-                f"{anchor.stream} of this job passed {cap} bytes]"
-            )
-            items.append(OutputLine(attrs.evolve(anchor, text=text)))
-        items += tail
-        for item in items:
-            self.parts.append(item.written)
-        if self.dropped and cut is not None:
-            # The marker stands on a line of its own, after the head's last piece.
-            self.parts.insert(len(self.parts) - len(tail) - 1, "\n")
-        return items
 
     def add(self, item: OutputLine) -> LogLine | None:
         text = item.line.text
@@ -126,7 +231,7 @@ class _Kept:
         if not self.head_full:
             if size <= self.head_room:
                 self.head_room -= size
-                self.parts.append(item.written)
+                self.written.append(item.written)
                 return item.line
             # The head ends inside this line: its start belongs to the head, the rest
             # goes on to the tail. Both are held until the end, where they become one
@@ -135,40 +240,56 @@ class _Kept:
             start = _head(text, self.head_room)
             # What the head could not take (a wide character at its end) goes to the
             # tail: head and tail together always hold the whole cap.
-            self.tail_limit += self.head_room - _size(start)
+            self.tail.limit += self.head_room - _size(start)
             self.head_room = 0
             if start:
                 self.cut = OutputLine(attrs.evolve(item.line, text=start), newline=False)
-            rest = OutputLine(attrs.evolve(item.line, text=text[len(start) :]), item.newline)
-            self._add_to_tail(rest, size - _size(start))
+            rest = item.written[len(start) :]
+            self.tail.add(rest, size - _size(start), item.line.timestamp)
             return None
-        self._add_to_tail(item, size)
+        self.tail.add(item.written, size, item.line.timestamp)
         return None
 
-    def _add_to_tail(self, item: OutputLine, size: int) -> None:
-        self.tail.append(item)
-        self.tail_bytes += size
-        while self.tail_bytes > self.tail_limit:
-            oldest = self.tail[0]
-            oldest_size = _size(oldest.line.text) + oldest.newline
-            excess = self.tail_bytes - self.tail_limit
-            self.last_dropped = oldest.line
-            if oldest_size <= excess:
-                self.tail.popleft()
-                self.tail_bytes -= oldest_size
-                self.dropped += oldest_size
-                continue
-            # Cut inside the oldest line, keeping its end: a line of any length is
-            # held in at most the tail's worth of memory.
-            kept = _tail(oldest.written, oldest_size - excess)
-            cut = oldest_size - _size(kept)
-            self.tail_bytes -= cut
-            self.dropped += cut
-            if not kept:  # a wide character that did not fit
-                self.tail.popleft()
-                continue
-            text = kept[:-1] if oldest.newline else kept
-            self.tail[0] = OutputLine(attrs.evolve(oldest.line, text=text), oldest.newline)
+    def held(self, cap: int) -> Iterator[OutputLine]:
+        """What is held back, in order: the start of the line the head ends in, a
+        marker when bytes fell out, the tail. Taken once, at the end, after `trim`."""
+        tail, cut = self.tail, self.cut
+        lines = tail.lines(self.stream)
+        if cut is not None and not tail.dropped:
+            # Nothing fell out: the line cut at the head's end is whole again.
+            rest = next(lines, None)
+            if rest is not None:
+                whole = cut.line.text + rest.line.text
+                yield OutputLine(attrs.evolve(cut.line, text=whole), rest.newline)
+                cut = None
+        if cut is not None:
+            yield cut
+        if tail.dropped:
+            stamp = tail.first_stamp()
+            if stamp is None:
+                stamp = tail.last_dropped
+            assert stamp is not None
+            yield OutputLine(
+                LogLine(self.stream, self.marker(cap), datetime.fromtimestamp(stamp, UTC))
+            )
+        yield from lines
+
+    def marker(self, cap: int) -> str:
+        return (
+            f"[containerjobs: {self.tail.dropped} bytes left out here: the "
+            f"{self.stream} of this job passed {cap} bytes]"
+        )
+
+    def text(self, cap: int) -> str:
+        """All that is kept of the stream, as written, with the marker in its place."""
+        text = str(self.written)
+        if self.cut is not None:
+            text += self.cut.line.text
+            if self.tail.dropped:
+                text += "\n"  # the marker stands on a line of its own
+        if self.tail.dropped:
+            text += self.marker(cap) + "\n"
+        return text + self.tail.text()
 
 
 @attrs.define
@@ -188,7 +309,9 @@ class Output:
 
     def __attrs_post_init__(self) -> None:
         half = self.cap // 2
-        self.streams = {name: _Kept(half, self.cap - half) for name in ("stdout", "stderr")}
+        self.streams = {
+            name: _Kept(name, half, _Tail(self.cap - half)) for name in ("stdout", "stderr")
+        }
 
     def add(self, item: OutputLine) -> LogLine | None:
         """Take a line; return what of it to store now (None when it is held back
@@ -197,17 +320,19 @@ class Output:
 
     @property
     def truncated(self) -> bool:
-        return any(kept.dropped for kept in self.streams.values())
+        return any(kept.tail.dropped for kept in self.streams.values())
 
-    def finish(self) -> list[LogLine]:
+    def finish(self) -> Iterator[LogLine]:
         """The lines held back: per stream a marker (when bytes fell out) and its
-        tail; both streams in time order."""
-        lines = [item for kept in self.streams.values() for item in kept.held(self.cap)]
-        lines.sort(key=lambda item: item.line.timestamp)
-        return [item.line for item in lines]
+        tail; both streams in time order, made one at a time."""
+        for kept in self.streams.values():
+            kept.tail.trim()
+        held = [kept.held(self.cap) for kept in self.streams.values()]
+        for item in heapq.merge(*held, key=lambda item: item.line.timestamp):
+            yield item.line
 
     def text(self, stream: str) -> str:
-        return "".join(self.streams[stream].parts)
+        return self.streams[stream].text(self.cap)
 
 
 def outcome(job: Job, end: End, output: Output, cancel_reason: str) -> tuple[JobStatus, str | None]:

@@ -24,6 +24,7 @@ from ._events import EventStream
 from ._health import HostMonitor, HostState
 from ._hosts import DockerHost, Host, takes_placement
 from ._log import Logger, get_logger
+from ._logs import LogHub
 from ._models import (
     EnvironmentTemplate,
     HostHealth,
@@ -384,8 +385,19 @@ class JobManager:
         delay = 0.05
         while True:
             hub = self._worker.live_hub(job_id) if self._worker is not None else None
+            until = hub.flushed if hub is not None else None
+            if hub is not None and follow and hub.parted is not None:
+                parted_seq, parted_index = hub.parted
+                if next_seq >= parted_seq:
+                    # Past the cap: every line from here on comes live, kept or not.
+                    async for line in _follow_live(hub, parted_index):
+                        yield line
+                    return
+                until = min(hub.flushed, parted_seq)
             if hub is not None and next_seq >= hub.flushed:
                 fresh = hub.since(next_seq)
+                if follow and hub.parted is not None:
+                    fresh = fresh[: hub.parted[0] - next_seq]
                 if fresh:
                     for stored in fresh:
                         yield stored.line
@@ -395,7 +407,6 @@ class JobManager:
                     return
                 await hub.changed()
                 continue
-            until = hub.flushed if hub is not None else None
             batch = await self.storage.read_logs(
                 job_id, after=next_seq - 1, until=until, limit=1000
             )
@@ -598,3 +609,25 @@ class JobManager:
 _NO_HOSTS = HostMonitor(
     [], get_logger("containerjobs.manager"), interval=30.0, on_recovered=lambda: None
 )
+
+
+async def _follow_live(hub: LogHub, index: int) -> AsyncIterator[LogLine]:
+    """The live lines of a running job from its `index`th on, until it ends. A reader
+    that fell behind further than the hub's ring holds is told how much it missed."""
+    while True:
+        missed, lines = hub.live_since(index)
+        index += missed + len(lines)
+        if missed:
+            anchor = lines[0] if lines else None
+            yield LogLine(
+                anchor.stream if anchor else "stdout",
+                f"[containerjobs: {missed} lines not shown here: this reader fell "
+                "behind the job's output]",
+                anchor.timestamp if anchor else utcnow(),
+            )
+        for line in lines:
+            yield line
+        if not lines and not missed:
+            if hub.closed:
+                return
+            await hub.changed()

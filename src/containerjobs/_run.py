@@ -64,14 +64,22 @@ class _Lines:
     skip: int = 0
 
     def take(self, item: OutputLine) -> None:
+        line = item.line
         if self.masker:
-            line = item.line
-            item = attrs.evolve(item, line=attrs.evolve(line, text=self.masker.mask(line.text)))
+            line = attrs.evolve(line, text=self.masker.mask(line.text))
+            item = OutputLine(line, item.newline)
         kept = self.output.add(item)
+        if self.skip:
+            # Read again after an adoption: stored already, and read live before.
+            if kept is not None:
+                self.skip -= 1
+            return
+        self.hub.live(line, kept=kept is not None)
         if kept is not None:
-            self.store(kept)
+            self.hub.add(kept)
 
     def store(self, line: LogLine) -> None:
+        """A line held back until the end (the tail of a capped output)."""
         if self.skip:
             self.skip -= 1
         else:
@@ -186,9 +194,7 @@ class JobRun:
             self.policy.check_environment(environment)  # with the secrets' sizes now
             self._masker = Masker(values)
             self.job = attrs.evolve(job, spec=spec)
-            request = self.policy.launch_request(
-                self.job, labels=labels, environment=environment
-            )
+            request = self.policy.launch_request(self.job, labels=labels, environment=environment)
             return await self.state.executor.launch(request)
         except Unschedulable as exc:
             if await self._cancelled_meanwhile(job):
@@ -291,10 +297,14 @@ class JobRun:
             # for a minute: the container stays, labelled, and reconciliation removes
             # it once the host answers again.
             removable = self.state.health.healthy
-        for line in output.finish():
-            lines.store(line)
         with anyio.CancelScope(shield=True):
             try:
+                # The tail is made into lines and stored a batch at a time: a tail of
+                # a million short lines never stands in memory as line objects.
+                for line in output.finish():
+                    lines.store(line)
+                    if hub.full:
+                        await self._persist(hub.flush)
                 await self._persist(hub.flush)
             except ContainerJobsError as exc:
                 output.lost = output.lost or f"storing the output failed: {exc}"
@@ -375,7 +385,10 @@ class JobRun:
         return end
 
     async def _pump_logs(
-        self, reader: LogReader, take: Callable[[OutputLine], None], exited: anyio.Event,
+        self,
+        reader: LogReader,
+        take: Callable[[OutputLine], None],
+        exited: anyio.Event,
         done: anyio.Event,
     ) -> None:
         # Lines as they are printed. The stream normally ends because the container
