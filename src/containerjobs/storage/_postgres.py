@@ -6,7 +6,7 @@ import builtins
 import contextlib
 import math
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -16,6 +16,7 @@ import anyio
 from .._errors import JobNotFound, StorageError, TemplateNotFound
 from .._models import EnvironmentTemplate, Job, JobStatus, LogLine
 from ._base import ChooseHost, StoredLine
+from ._chunks import LineWindow, encode_chunk
 from ._claim import ClaimRound
 from ._codec import (
     as_utc,
@@ -30,9 +31,54 @@ from ._codec import (
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStorage"]
 
+# A step of a migration: SQL, or a coroutine given the connection and the schema.
+MigrationStep = str | Callable[[Any, str], Awaitable[None]]
+
+# Lines per chunk made of the old one-row-per-line table: what a flush writes at most.
+_MIGRATED_CHUNK_LINES = 500
+
+
+async def _chunk_old_lines(conn: Any, schema: str) -> None:
+    # The lines of version 1's logs table, as chunks of up to 500 consecutive lines of
+    # a job. In Python, not SQL: a line is bytea there (it may hold NUL, and lone
+    # surrogates passed through as their bytes), which no text expression of
+    # PostgreSQL turns into a JSON string; encode_chunk escapes both.
+    batch: builtins.list[StoredLine] = []
+    rows: builtins.list[tuple[str, int, int, str]] = []
+
+    def close_chunk(job_id: str) -> None:
+        rows.append((job_id, batch[0].seq, batch[-1].seq + 1, encode_chunk(batch)))
+        batch.clear()
+
+    async def insert() -> None:
+        await conn.executemany(
+            f"INSERT INTO {schema}.log_chunks (job_id, first_seq, end_seq, data)"
+            " VALUES ($1, $2, $3, $4)",
+            rows,
+        )
+        rows.clear()
+
+    current = ""
+    async for job_id, seq, stream, ts, line in conn.cursor(
+        f"SELECT job_id, seq, stream, ts, line FROM {schema}.logs ORDER BY job_id, seq",
+        prefetch=5000,
+    ):
+        if batch and (job_id != current or len(batch) == _MIGRATED_CHUNK_LINES):
+            close_chunk(current)
+            if len(rows) == 100:
+                await insert()
+        current = job_id
+        text = bytes(line).decode("utf-8", "surrogatepass")
+        batch.append(StoredLine(seq, LogLine(stream, text, ts)))
+    if batch:
+        close_chunk(current)
+    if rows:
+        await insert()
+
+
 # Migration n (counting from 1) takes a schema from version n-1 to n. Append only: a
 # released entry is never edited. "{s}" is the store's schema, a checked identifier.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+MIGRATIONS: tuple[tuple[MigrationStep, ...], ...] = (
     (
         # The columns beside `record` are copies of its fields that queries filter or
         # sort on; `record` (the whole Job as `dump_job` JSON) is what a read returns.
@@ -100,8 +146,28 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "INSERT INTO {s}.meta (key, value)"
         " VALUES ('store_id', replace(gen_random_uuid()::text, '-', ''))",
     ),
+    (
+        # A job's lines as chunks (see _chunks.py), one row per append_logs call: a
+        # row per line took 170 bytes for a 7-byte line. end_seq is the seq after the
+        # chunk's last line. NUL needs no bytea now: JSON escapes it.
+        """
+        CREATE TABLE {s}.log_chunks (
+            job_id    text COLLATE "C" NOT NULL REFERENCES {s}.jobs (id) ON DELETE CASCADE,
+            first_seq bigint NOT NULL,
+            end_seq   bigint NOT NULL,
+            data      text NOT NULL,
+            PRIMARY KEY (job_id, first_seq)
+        )
+        """,
+        _chunk_old_lines,
+        "DROP TABLE {s}.logs",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# Log chunks a read_logs with a limit fetches at a time: a follower's page of 1000
+# lines is two or three chunks of a busy job, or dozens of a quiet one's.
+_READ_CHUNKS = 32
 
 _CHANNEL = "containerjobs_jobs"
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,43}")
@@ -216,8 +282,9 @@ class PostgresStorage:
                 f"got {schema!r}"
             )
         if not 0 <= min_size <= max_size or max_size < 1:
-            raise ValueError(f"need 0 <= min_size <= max_size and max_size >= 1, "
-                             f"got {min_size} and {max_size}")
+            raise ValueError(
+                f"need 0 <= min_size <= max_size and max_size >= 1, got {min_size} and {max_size}"
+            )
         if not (math.isfinite(connect_timeout) and connect_timeout > 0):
             raise ValueError(f"connect_timeout must be > 0 seconds, got {connect_timeout!r}")
         self._dsn = dsn
@@ -236,8 +303,15 @@ class PostgresStorage:
         # What close() ends: the send side of each changes() iterator, and its connection.
         self._listeners: dict[Any, Any] = {}
         t = f"{schema}."
-        self._jobs, self._logs, self._templates = f"{t}jobs", f"{t}logs", f"{t}templates"
+        self._jobs, self._chunks, self._templates = f"{t}jobs", f"{t}log_chunks", f"{t}templates"
         self._managers, self._meta = f"{t}managers", f"{t}meta"
+        # The seq after a job's last stored line ($1 the job), NULL when it has none:
+        # the end of its last chunk. That is MAX(end_seq), as chunks follow each other
+        # with no gap, but found in one descent of the primary key where MAX would
+        # read every chunk of the job.
+        self._last_end = (
+            f"SELECT end_seq FROM {self._chunks} WHERE job_id = $1 ORDER BY first_seq DESC LIMIT 1"
+        )
 
     @property
     def persistent(self) -> bool:
@@ -396,8 +470,11 @@ class PostgresStorage:
             for target, statements in enumerate(MIGRATIONS, start=1):
                 if target <= version:
                     continue
-                for statement in statements:
-                    await conn.execute(statement.format(s=self._schema))
+                for step in statements:
+                    if isinstance(step, str):
+                        await conn.execute(step.format(s=self._schema))
+                    else:
+                        await step(conn, self._schema)
                 await conn.execute(
                     f"INSERT INTO {self._schema}.schema_version (version) VALUES ($1)", target
                 )
@@ -694,6 +771,8 @@ class PostgresStorage:
     async def append_logs(self, job_id: str, lines: Sequence[StoredLine]) -> None:
         if not lines:
             return
+        # Encoded before a connection is taken; again inside only for a retried write.
+        data = encode_chunk(lines)
         action = f"storing logs of job {job_id!r}"
         async with self._transaction(action) as conn:
             # Two writers of one job's lines take turns, so the next seq each reads
@@ -704,50 +783,61 @@ class PostgresStorage:
                 job_id,
             )
             row = await conn.fetchrow(
-                f"SELECT EXISTS (SELECT 1 FROM {self._jobs} WHERE id = $1),"
-                f" (SELECT COALESCE(MAX(seq) + 1, 0) FROM {self._logs} WHERE job_id = $1)",
+                f"SELECT EXISTS (SELECT 1 FROM {self._jobs} WHERE id = $1), ({self._last_end})",
                 job_id,
             )
             if not row[0]:
                 raise JobNotFound(f"cannot store logs of job {job_id!r}: no such job")
-            check_log_sequence(job_id, lines, next_seq=row[1])
+            next_seq = row[1] or 0
+            check_log_sequence(job_id, lines, next_seq=next_seq)
+            # Lines already stored (a retried write) keep their first text.
+            new = lines[next_seq - lines[0].seq :]
+            if not new:
+                return
+            if len(new) < len(lines):
+                data = encode_chunk(new)
             await conn.execute(
-                f"INSERT INTO {self._logs} (job_id, seq, stream, ts, line)"
-                " SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::timestamptz[],"
-                " $5::bytea[]) ON CONFLICT DO NOTHING",
+                f"INSERT INTO {self._chunks} (job_id, first_seq, end_seq, data)"
+                " VALUES ($1, $2, $3, $4)",
                 job_id,
-                [stored.seq for stored in lines],
-                [stored.line.stream for stored in lines],
-                [as_utc(stored.line.timestamp) for stored in lines],
-                [stored.line.text.encode("utf-8", "surrogatepass") for stored in lines],
+                next_seq,
+                next_seq + len(new),
+                data,
             )
 
     async def read_logs(
         self, job_id: str, *, after: int = -1, until: int | None = None, limit: int | None = None
     ) -> builtins.list[StoredLine]:
         check_limit(limit)
-        sql = f"SELECT seq, stream, ts, line FROM {self._logs} WHERE job_id = $1 AND seq > $2"
-        params: builtins.list[Any] = [job_id, after]
-        if until is not None:
-            params.append(until)
-            sql += f" AND seq < ${len(params)}"
-        sql += " ORDER BY seq"
-        if limit is not None:
-            params.append(limit)
-            sql += f" LIMIT ${len(params)}"
+        window = LineWindow(after, until, limit)
+        if window.full:
+            return []
+        # From the chunk holding the first line wanted, found down the primary key (a
+        # filter on end_seq alone would read every chunk of the job before it).
+        sql = (
+            f"SELECT first_seq, data FROM {self._chunks} WHERE job_id = $1 AND end_seq > $2"
+            f" AND first_seq >= COALESCE((SELECT first_seq FROM {self._chunks}"
+            " WHERE job_id = $1 AND first_seq <= $2 ORDER BY first_seq DESC LIMIT 1), 0)"
+            " AND ($3::bigint IS NULL OR first_seq < $3) ORDER BY first_seq LIMIT $4"
+        )
+        # With a limit, a few chunks at a time (each batch starting where the last
+        # ended), so a read stops once it has its lines; without, all in one.
+        batch = None if limit is None else _READ_CHUNKS
         async with self._connection(f"reading logs of job {job_id!r}") as conn:
-            rows = await conn.fetch(sql, *params)
-        return [
-            StoredLine(seq, LogLine(stream, bytes(line).decode("utf-8", "surrogatepass"), ts))
-            for seq, stream, ts, line in rows
-        ]
+            while not window.full:
+                rows = await conn.fetch(sql, job_id, window.start, window.stop, batch)
+                for first_seq, data in rows:
+                    window.add(first_seq, data)
+                    if window.full:
+                        break
+                if batch is None or len(rows) < batch:
+                    break
+        return window.lines
 
     async def log_count(self, job_id: str) -> int:
         async with self._connection(f"counting logs of job {job_id!r}") as conn:
-            count = await conn.fetchval(
-                f"SELECT COALESCE(MAX(seq) + 1, 0) FROM {self._logs} WHERE job_id = $1", job_id
-            )
-        return int(count)
+            count = await conn.fetchval(self._last_end, job_id)
+        return int(count or 0)
 
     # --- manager leases ---------------------------------------------------------
 
