@@ -15,7 +15,7 @@ import re
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -191,8 +191,11 @@ def _queues(draw: st.DrawFn) -> dict[str, Any]:
             priority=draw(st.integers(-1, 1)),
             created=draw(st.integers(0, 3)),
             pinned=draw(st.sampled_from([None, None, "a", "b", "c", "gone"])),
-            retry_at=draw(st.sampled_from([None, None, NOW - timedelta(seconds=1), NOW,
-                                           NOW + timedelta(seconds=1)])),
+            retry_at=draw(
+                st.sampled_from(
+                    [None, None, NOW - timedelta(seconds=1), NOW, NOW + timedelta(seconds=1)]
+                )
+            ),
         )
         for job_id in ids
     ]
@@ -527,9 +530,7 @@ class StorageContract:
             )
             assert await storage.get("j") == noted
             # Whatever a backend keeps beside the record to filter on moves with it.
-            assert [j.id for j in await storage.list(status=JobStatus.RUNNING, host="h1")] == [
-                "j"
-            ]
+            assert [j.id for j in await storage.list(status=JobStatus.RUNNING, host="h1")] == ["j"]
             done = noted.advance(JobStatus.COMPLETED, completed_at=at(5), exit_code=0)
             assert await storage.compare_and_set(
                 done, expected=JobStatus.RUNNING, expected_owner="m"
@@ -626,8 +627,14 @@ class StorageContract:
 
     async def test_claim_next_writes_the_launching_record_it_returns(self, tmp_path: Path) -> None:
         async with self.opened(tmp_path) as storage:
-            job = attrs.evolve(full_job("j", ["run"]), status=JobStatus.PENDING, host=None,
-                               owner=None, completed_at=None, retry_at=at(1))
+            job = attrs.evolve(
+                full_job("j", ["run"]),
+                status=JobStatus.PENDING,
+                host=None,
+                owner=None,
+                completed_at=None,
+                retry_at=at(1),
+            )
             await storage.create([job])
             [claimed] = await storage.claim_next("m1", {"gpu-1": 1}, first, now=NOW)
             assert claimed == job.advance(
@@ -674,9 +681,7 @@ class StorageContract:
                 ]
             )
             chooser = _Choices()
-            claimed = await storage.claim_next(
-                "m", {"c": 1, "b": 3, "a": 1}, chooser, now=NOW
-            )
+            claimed = await storage.claim_next("m", {"c": 1, "b": 3, "a": 1}, chooser, now=NOW)
             # The candidates have a free slot, come in the order offered, and count the
             # jobs this call claimed already.
             assert chooser.asked == [
@@ -721,9 +726,7 @@ class StorageContract:
             )
             claimed = await storage.claim_next("m", {"h": 10}, first, now=NOW)
             assert [job.id for job in claimed] == ["due", "past", "plain"]
-            later = await storage.claim_next(
-                "m", {"h": 10}, first, now=NOW + timedelta(seconds=1)
-            )
+            later = await storage.claim_next("m", {"h": 10}, first, now=NOW + timedelta(seconds=1))
             assert [job.id for job in later] == ["later"]
 
     async def test_claim_next_does_not_let_pinned_jobs_block_others(self, tmp_path: Path) -> None:
@@ -856,9 +859,7 @@ class StorageContract:
                 else:
                     assert stored == job
 
-    async def _race_claims(
-        self, stores: builtins.list[Storage], hosts: dict[str, int]
-    ) -> None:
+    async def _race_claims(self, stores: builtins.list[Storage], hosts: dict[str, int]) -> None:
         # Several managers claiming at once, through the given store objects: the
         # hosts fill exactly, and no job goes to two of them.
         claims: builtins.list[Job] = []
@@ -892,8 +893,9 @@ class StorageContract:
                     make_job("r-b", status=JobStatus.RUNNING, host="h2", created=3, owner="b"),
                     make_job("r-none", status=JobStatus.RUNNING, host="h1", created=4),
                     make_job("r-a", status=JobStatus.RUNNING, host="h2", created=5, owner="a"),
-                    make_job("done-a", status=JobStatus.COMPLETED, created=6, completed=7,
-                             owner="a"),
+                    make_job(
+                        "done-a", status=JobStatus.COMPLETED, created=6, completed=7, owner="a"
+                    ),
                 ]
             )
             assert [job.id for job in await storage.active_jobs()] == [
@@ -1071,6 +1073,76 @@ class StorageContract:
             await storage.append_logs("j", [])
             assert await storage.log_count("j") == 5
 
+    async def test_logs_read_from_inside_what_was_appended_at_once(self, tmp_path: Path) -> None:
+        # A store may keep each append's lines together (the built-in ones do, as a
+        # chunk): reads that start, stop or fill up inside one cut it exactly.
+        async with self.opened(tmp_path) as storage:
+            await storage.create([make_job("j")])
+            for start, count in ((0, 5), (5, 7), (12, 1), (13, 17)):
+                await storage.append_logs("j", lines(start, count))
+            everything = lines(0, 30)
+            for after in (-1, 0, 3, 4, 5, 11, 12, 13, 28, 29, 30):
+                for until in (None, 0, 1, 5, 6, 12, 13, 20, 30, 31):
+                    for limit in (None, 0, 1, 2, 7, 100):
+                        wanted = [
+                            s
+                            for s in everything
+                            if s.seq > after and (until is None or s.seq < until)
+                        ][:limit]
+                        got = await storage.read_logs("j", after=after, until=until, limit=limit)
+                        assert got == wanted, (after, until, limit)
+
+    async def test_logs_retry_overlapping_several_appends(self, tmp_path: Path) -> None:
+        async with self.opened(tmp_path) as storage:
+            await storage.create([make_job("j")])
+            await storage.append_logs("j", lines(0, 3))
+            await storage.append_logs("j", lines(3, 3))
+            # From inside the first append to past the end: only 6 to 8 are new.
+            await storage.append_logs("j", lines(1, 8, prefix="retry"))
+            # Entirely inside what is stored, across two appends: nothing changes.
+            await storage.append_logs("j", lines(2, 5, prefix="again"))
+            assert await storage.log_count("j") == 9
+            assert await storage.read_logs("j") == [*lines(0, 6), *lines(6, 3, prefix="retry")]
+            assert await storage.read_logs("j", after=4, limit=3) == [
+                *lines(5, 1),
+                *lines(6, 2, prefix="retry"),
+            ]
+
+    async def test_logs_keep_every_character_and_time(self, tmp_path: Path) -> None:
+        # A container prints anything, the two streams' lines need not be in time
+        # order, and a caller's times may be in any zone: all of it comes back equal.
+        texts = [
+            "two\nlines",
+            "crlf\r\n",
+            "nul \x00 tab \t bell \x07 escape \x1b[31m",
+            'quotes " \' and a backslash \\ and {"json": [1]}',
+            "häßlich ✓ 日本語 \U0001f600",
+            "",
+            " ",
+            "x" * 10_000,
+        ]
+        zone = timezone(timedelta(hours=-5, minutes=-30))
+        times = [
+            at(5),
+            at(1),
+            at(1),
+            at(-3600).astimezone(zone),
+            at(0.000001),
+            datetime(1970, 1, 1, tzinfo=UTC),
+            datetime(2100, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+            at(2),
+        ]
+        written = [
+            StoredLine(seq, LogLine("stderr" if seq % 2 else "stdout", text, when))
+            for seq, (text, when) in enumerate(zip(texts, times, strict=True))
+        ]
+        async with self.opened(tmp_path) as storage:
+            await storage.create([make_job("j")])
+            await storage.append_logs("j", written[:3])
+            await storage.append_logs("j", written[3:])
+            assert await storage.read_logs("j") == written
+            assert await storage.read_logs("j", after=1, until=5) == written[2:5]
+
     async def test_logs_refuse_a_gap(self, tmp_path: Path) -> None:
         async with self.opened(tmp_path) as storage:
             await storage.create([make_job("j")])
@@ -1224,4 +1296,3 @@ class StorageContract:
         async with self.opened_shared(tmp_path, 4) as stores:
             await stores[0].create([make_job(f"j{n:02}", created=n) for n in range(20)])
             await self._race_claims([*stores, *stores], {"h1": 3, "h2": 2})
-
