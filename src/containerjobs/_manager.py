@@ -324,7 +324,9 @@ class JobManager:
     async def run(self, spec: JobSpec, *, timeout: float | None = None) -> Job:
         """Submit `spec` and wait for the job to end."""
         job = await self.submit(spec)
-        return await self.wait(job.id, timeout=timeout)
+        # No await since the job was stored: any move of it since is still to come
+        # (here) or shows in the store (elsewhere), so the wait starts from it.
+        return await self._wait(job, timeout)
 
     # --- reading -------------------------------------------------------------------
 
@@ -349,11 +351,20 @@ class JobManager:
         with anyio.fail_after(timeout):
             changed = self._board.watch(job_id)
             job = await self.storage.get(job_id)
-            status = job.status
+        return await self._wait(job, timeout, changed)
+
+    async def _wait(
+        self, job: Job, timeout: float | None, changed: anyio.Event | None = None
+    ) -> Job:
+        job_id, status = job.id, job.status
+        with anyio.fail_after(timeout):
+            if changed is None:
+                changed = self._board.watch(job_id)
             while True:
                 if status.is_terminal:
                     if job.status is not status:
-                        job = await self.storage.get(job_id)  # the final record
+                        # The final record: as this manager wrote it, else as stored.
+                        job = self._board.final(job_id) or await self.storage.get(job_id)
                     if job.status.is_terminal:
                         self._board.wake(job_id)
                         return job

@@ -146,7 +146,9 @@ class JobRun:
             container_id = self.adopt
             await self._learn_secrets_to_mask()
         self.log = self.log.bind(container_id=container_id[:12])
-        stored = await self.storage.log_count(job.id)
+        # A launch of ours follows the lines of the job's earlier attempts; an
+        # adopted job's may have more, stored by the manager that launched it.
+        stored = job.output_start if self.adopt is None else await self.storage.log_count(job.id)
         hub = self.hub = LogHub(job.id, stored, self.storage.append_logs)
         # An adopted job's output is read again from its start, cut into lines the
         # same way as the first time: the lines already stored are skipped, so none

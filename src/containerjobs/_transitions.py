@@ -27,6 +27,7 @@ from .storage import ChooseHost, Storage
 
 _MAX_RETRY_DELAY = 60.0
 _TOLD_KEPT = 10_000  # jobs whose last told status is remembered
+_FINAL_KEPT = 64  # final records kept for their waiters
 
 
 class LostRace(Exception):
@@ -47,6 +48,10 @@ class StatusBoard:
         self._watchers: dict[str, anyio.Event] = {}
         self._subscribers: list[MemoryObjectSendStream[JobEvent]] = []
         self._told: OrderedDict[str, JobStatus] = OrderedDict()
+        # The final records this board wrote of jobs someone waits for: the first
+        # waiter takes it instead of reading the store again (a few are kept, for
+        # waiters that gave up before they could take theirs).
+        self._final: OrderedDict[str, Job] = OrderedDict()
 
     # --- moves ---------------------------------------------------------------------
 
@@ -134,7 +139,15 @@ class StatusBoard:
             self._announce(job, None)
 
     def _announce(self, job: Job, previous: JobStatus | None) -> None:
+        if job.status.is_terminal and job.id in self._watchers:
+            self._final[job.id] = job
+            if len(self._final) > _FINAL_KEPT:
+                self._final.popitem(last=False)
         self._publish(job.id, job.status, previous)
+
+    def final(self, job_id: str) -> Job | None:
+        """The final record of the job, once, when this board wrote it for a waiter."""
+        return self._final.pop(job_id, None)
 
     def changed_elsewhere(
         self, job_id: str, status: JobStatus, previous: JobStatus | None
