@@ -13,12 +13,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from datetime import timedelta
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
 import anyio
 import attrs
 
 from ._dispatch import HostSelectionStrategy, WeightedLeastLoaded
+from ._display import JobList, Summary
 from ._errors import ContainerJobsError, InvalidJobSpec
 from ._events import EventStream
 from ._health import HostMonitor, HostState
@@ -337,11 +338,14 @@ class JobManager:
 
     async def list_jobs(
         self, *, status: JobStatus | str | None = None, limit: int = 100
-    ) -> list[Job]:
-        """Jobs, newest first, optionally of one status."""
+    ) -> JobList:
+        """Jobs, newest first, optionally of one status (a list, shown as one table in
+        Jupyter)."""
         self._check_open()
-        return await self.storage.list(
-            status=JobStatus(status) if status is not None else None, limit=limit
+        return JobList(
+            await self.storage.list(
+                status=JobStatus(status) if status is not None else None, limit=limit
+            )
         )
 
     async def wait(self, job_id: str, *, timeout: float | None = None) -> Job:
@@ -486,8 +490,9 @@ class JobManager:
         await self._worker.monitor.check_all()
         return {state.name: state.health for state in self._worker.monitor}
 
-    async def summary(self) -> dict[str, Any]:
-        """Jobs per status, and per host the slots in use and free."""
+    async def summary(self) -> Summary:
+        """Jobs per status, and per host the slots in use and free (a dict, shown as
+        tables in Jupyter)."""
         self._check_open()
         counts = await self.storage.count_by_status()
         active = await self.storage.count_active()
@@ -503,12 +508,12 @@ class JobManager:
             }
             for state in self._monitor
         }
-        return {
-            "jobs": {str(status): n for status, n in counts.items()},
-            "hosts": hosts,
-            "slots_used": sum(h["running"] for h in hosts.values()),
-            "slots_free": sum(h["free"] for h in hosts.values()),
-        }
+        return Summary(
+            jobs={str(status): n for status, n in counts.items()},
+            hosts=hosts,
+            slots_used=sum(h["running"] for h in hosts.values()),
+            slots_free=sum(h["free"] for h in hosts.values()),
+        )
 
     async def prewarm(
         self, images: Iterable[str], hosts: Iterable[str] | None = None
