@@ -12,7 +12,9 @@ daemon, and reads its whole output:
 - ``cli``: ``docker run -d``, ``docker wait``, then ``docker logs`` read to the end
   through a pipe by a reader that counts the lines and hashes the bytes (the bytes must
   be exactly those of ``seq 1 N``); then ``docker rm``. Its wall time, from the run to
-  the last byte read, is the reference of every ratio;
+  the last byte read, is the reference of every ratio. The CLI writes a line at a time,
+  so the reader makes a read a line: its own CPU is shown apart, and on a machine of
+  few cores it competes with dockerd and the CLI;
 - ``cli-attached``: ``docker run --rm`` attached, its output read the same way: a
   second reference, where the output comes over the attach rather than from the log;
 - ``aiodocker``: create and start the container, follow its log with
@@ -39,7 +41,10 @@ Each variant runs in a process of its own (the script again, with a hidden
 (VmHWM once the job is over, and ``ru_maxrss`` at the process's end; for the CLI, the
 largest docker CLI process's), and the CPU (utime + stime) of the main dockerd and its
 containerd over the same span. The variants alternate: each runs once a round, the order
-rotating from round to round; the table shows the medians over the rounds.
+rotating from round to round; the table shows the medians over the rounds. Each
+variant's process also notes the commit and a digest of the library's source it ran,
+and the run says when that differs from what it began with (others may work in the
+same checkout meanwhile).
 
 Bounds (issue 11), reported met or not: the cj live follower reaches the last line in
 at most 1.25 x the time of ``cli``; the manager's peak RSS stays under its idle RSS +
@@ -458,13 +463,15 @@ async def run_cj(args: argparse.Namespace, sqlite: bool) -> dict[str, Any]:
 
 def run_variant(args: argparse.Namespace) -> None:
     """In the variant's own process: run it, print its figures as one JSON line."""
+    code = code_state()  # as imported a moment ago: others may change it under a run
     if args.variant in ("cli", "cli-attached"):
         result = run_cli(args, attached=args.variant == "cli-attached")
     elif args.variant == "aiodocker":
         result = asyncio.run(run_aiodocker(args))
     else:
         result = asyncio.run(run_cj(args, sqlite=args.variant == "cj-sqlite"))
-    print(json.dumps({"variant": args.variant, "round": args.round, **result}), flush=True)
+    print(json.dumps({"variant": args.variant, "round": args.round, "code": code, **result}),
+          flush=True)
 
 
 # --- the run -----------------------------------------------------------------------------
@@ -504,6 +511,18 @@ def git(*argv: str) -> str:
                           text=True).stdout.rstrip("\n")
 
 
+def code_state() -> str:
+    """The commit, and a digest of the library's source as it is now: a long run can
+    outlast the code it began with, when others work in the same checkout."""
+    digest = hashlib.sha256()
+    for folder, dirs, files in os.walk(os.path.dirname(cj.__file__)):
+        dirs.sort()  # in place: os.walk then visits them in this order
+        for name in sorted(f for f in files if f.endswith(".py")):
+            with open(os.path.join(folder, name), "rb") as f:
+                digest.update(name.encode() + b"\0" + f.read())
+    return f"{git('rev-parse', '--short', 'HEAD')}, src digest {digest.hexdigest()[:10]}"
+
+
 def output_bytes(n: int) -> int:
     """Bytes of the output of ``seq 1 n``."""
     total, digits, low = 0, 1, 1
@@ -518,7 +537,7 @@ def header(args: argparse.Namespace, daemon: list[int]) -> None:
     version = json.loads(docker("version", "--format={{json .Server}}"))
     info = json.loads(docker("info", "--format={{json .}}"))
     dirty = git("status", "--short", "src").splitlines()
-    code = f"containerjobs {git('rev-parse', '--short', 'HEAD')}, src " + (
+    code = f"containerjobs {args.code}; src " + (
         f"DIRTY ({', '.join(row.split(maxsplit=1)[1] for row in dirty)})" if dirty else "clean")
     containerd = daemon[1] if len(daemon) > 1 else "-"
     print("containerjobs log-path benchmark")
@@ -560,8 +579,11 @@ def store_ratio(result: dict[str, Any]) -> float | None:
     return (store["after"] - store["before"]) / max(1, result["after"]["kept_bytes"])
 
 
-def describe(result: dict[str, Any]) -> str:
-    notes = [
+def describe(result: dict[str, Any], code: str) -> str:
+    notes = []
+    if result["code"] != code:
+        notes.append(f"CODE CHANGED since the run began: {result['code']}")
+    notes += [
         f"{result['wall']:.2f} s to the last line ({result['total']:.2f} s "
         + ("to the end of the job)" if "after" in result else "with the removal)"),
         received(result),
@@ -672,6 +694,7 @@ def main_run(args: argparse.Namespace) -> int:
     found = find_daemon()
     daemon = [found.dockerd] + ([found.containerd] if found.containerd else [])
     check_same_config(args.image, f"seq 1 {args.lines}")
+    args.code = code_state()
     header(args, daemon)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
     failed: list[str] = []
@@ -688,8 +711,8 @@ def main_run(args: argparse.Namespace) -> int:
                           flush=True)
                     continue
                 results[variant].append(result)
-                print(f"  round {r + 1}/{args.rounds}  {variant:<13} {describe(result)}",
-                      flush=True)
+                print(f"  round {r + 1}/{args.rounds}  {variant:<13} "
+                      f"{describe(result, args.code)}", flush=True)
     finally:
         # Also after a failure: what this run left must show, and go.
         left = leftovers(args.run_id)
@@ -703,6 +726,11 @@ def main_run(args: argparse.Namespace) -> int:
         print(f"{len(failed)} variant run(s) FAILED: " + "; ".join(failed))
     if lost:
         print("a reader LOST LINES (see above)")
+    changed = sorted({f"{r['variant']} ({r['code']})" for runs in results.values()
+                      for r in runs if r["code"] != args.code})
+    if changed:
+        print(f"the library CHANGED during the run (began at {args.code}); these variants "
+              f"ran other code: {', '.join(changed)}")
     if left:
         print(f"LEFTOVER CONTAINERS OF THIS RUN (now removed): {', '.join(c[:12] for c in left)}")
         return 2
