@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import attrs
 
+from ._display import job_html, job_repr, shorten
 from ._errors import ContainerJobsError, InvalidJobSpec
 from ._images import parse_image
 from ._output import clean_output, parse_output
@@ -305,6 +306,11 @@ def _mask_environment(env: Mapping[str, str | Secret]) -> str:
     return "{" + ", ".join(f"{key!r}: '***'" for key in env) + "}"
 
 
+def _short_command(command: str | tuple[str, ...] | None) -> str:
+    # A long inline script would fill a screen (and a log line) on its own.
+    return shorten(repr(command), 200)
+
+
 @attrs.frozen
 class JobSpec:
     """What to run: an image, a command, limits and the container's settings.
@@ -324,7 +330,9 @@ class JobSpec:
     """
 
     image: str = attrs.field()
-    command: str | tuple[str, ...] | None = attrs.field(default=None, converter=_to_command)
+    command: str | tuple[str, ...] | None = attrs.field(
+        default=None, converter=_to_command, repr=_short_command
+    )
     name: str | None = attrs.field(kw_only=True, default=None)
     memory_limit_mb: int | None = attrs.field(kw_only=True, default=None)
     cpu_limit: float | None = attrs.field(kw_only=True, default=None)
@@ -417,7 +425,7 @@ class AttemptOutcome:
     completed_at: datetime | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Job:
     """A snapshot of a job's record. Ask the manager again for a fresher one."""
 
@@ -461,6 +469,14 @@ class Job:
     def parsed_output(self) -> Any:
         """The JSON value of `clean_output`, or of its last non-empty line, else None."""
         return parse_output(self.clean_output)
+
+    # A record may hold megabytes of output and its spec environment values: its repr
+    # is one short line, its table in Jupyter the last lines of output, neither a value.
+    def __repr__(self) -> str:
+        return job_repr(self)
+
+    def _repr_html_(self) -> str:
+        return job_html(self)
 
     def advance(self, status: JobStatus, **changes: Any) -> Job:
         """A copy in `status` with `changes`; refuses a move the state machine forbids."""
