@@ -71,7 +71,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -375,15 +374,23 @@ async def run_aiodocker(args: argparse.Namespace) -> dict[str, Any]:
 # --- containerjobs -----------------------------------------------------------------------
 
 
-def follows(stdout: str, texts: Iterator[str]) -> bool:
-    """Whether the texts, each with a newline, make up `stdout` exactly."""
-    at = 0
-    for text in texts:
-        end = at + len(text)
-        if not stdout.startswith(text, at) or stdout[end : end + 1] != "\n":
-            return False
-        at = end + 1
-    return at == len(stdout)
+class Record:
+    """Whether texts, each with a newline, make up a recorded output exactly; compared
+    in place as they come, so that the check holds no copy of them."""
+
+    def __init__(self, output: str) -> None:
+        self.output = output
+        self.at = 0
+        self.same = True
+
+    def add(self, text: str) -> None:
+        end = self.at + len(text)
+        if not self.output.startswith(text, self.at) or self.output[end : end + 1] != "\n":
+            self.same = False
+        self.at = end + 1
+
+    def whole(self) -> bool:
+        return self.same and self.at == len(self.output)
 
 
 async def run_cj(args: argparse.Namespace, sqlite: bool) -> dict[str, Any]:
@@ -422,18 +429,17 @@ async def run_cj(args: argparse.Namespace, sqlite: bool) -> dict[str, Any]:
 
             # What was kept, read by a reader that comes after the end.
             kept = Lines()
-            texts: list[str] = []
+            # The kept lines must be the job's recorded output (stdout only: seq
+            # writes nothing else).
+            record = Record(done.stdout)
             after_cpu = time.process_time()
             after_began = time.perf_counter()
             async for line in manager.logs(job.id, follow=False):
                 kept.add(line.text)
-                texts.append(line.text)
+                record.add(line.text)
             after_seconds = time.perf_counter() - after_began
             after_cpu = time.process_time() - after_cpu
-            # The kept lines must be the job's recorded output (stdout only: seq writes
-            # nothing else). Compared in place, not joined: no 2nd copy of the text.
-            same = follows(done.stdout, iter(texts)) and done.stderr == ""
-            del texts
+            same = record.whole() and done.stderr == ""
         store_closed = store_size(path)
     if done.status is not cj.JobStatus.COMPLETED:
         raise RuntimeError(f"job ended {done.status}: {done.error}")
