@@ -222,6 +222,7 @@ def overwrite_page(path: Path, page: int, page_size: int) -> None:
         ("jobs_by_dispatch", "reading the queue of pending jobs"),
         ("jobs_by_created", "reading the newest jobs"),
         ("log_chunks", "reading table log_chunks"),
+        ("sqlite_autoindex_log_chunks_1", "reading the end of a job's lines"),
         ("templates", "reading table templates"),
         ("managers", "reading table managers"),
         ("meta", "reading table meta"),

@@ -15,11 +15,16 @@ nearly all the work both ways::
 - ``x``: the texts, in a list because a text may hold any character, newlines too.
 
 A chunk does not hold its lines' seq: the row beside it holds the first one.
+
+SQLite and the in-memory store keep a chunk zlib-compressed (`pack_chunk`) when that is
+shorter: seq's 500 lines take 1.0 KB so, 6.6 as JSON, for 25 µs more to write and 12 to
+read. PostgreSQL compresses long values by itself (TOAST) and keeps the JSON text.
 """
 
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import accumulate, pairwise
@@ -30,7 +35,7 @@ from .._models import LogLine, Stream
 from ._base import StoredLine
 from ._codec import as_utc, parse_datetime
 
-__all__ = ["LineWindow", "decode_chunk", "encode_chunk"]
+__all__ = ["LineWindow", "decode_chunk", "encode_chunk", "pack_chunk"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -76,16 +81,28 @@ def encode_chunk(lines: Sequence[StoredLine]) -> str:
     return data
 
 
-def decode_chunk(first_seq: int, data: str) -> list[StoredLine]:
+def pack_chunk(data: str) -> str | bytes:
+    """A chunk's JSON as a store with no compression of its own keeps it: compressed
+    when that is shorter (a chunk of a line or two is not), else as it is."""
+    # Level 1: 25 µs for seq's 500 lines, a third of level 6's time for 6 % more bytes.
+    raw = data.encode("utf-8")
+    packed = zlib.compress(raw, 1)
+    return packed if len(packed) < len(raw) else data
+
+
+def decode_chunk(first_seq: int, data: str | bytes) -> list[StoredLine]:
     """The lines of a chunk whose first line is `first_seq`, equal to those encoded
-    (timestamps in UTC). A chunk that does not read raises `StorageError`."""
+    (timestamps in UTC); `data` as `encode_chunk` or `pack_chunk` made it. A chunk
+    that does not read raises `StorageError`."""
     return _decode(first_seq, data, 0, None)
 
 
-def _decode(first_seq: int, data: str, lo: int, hi: int | None) -> list[StoredLine]:
+def _decode(first_seq: int, data: str | bytes, lo: int, hi: int | None) -> list[StoredLine]:
     # Lines lo to hi (not included) of the chunk, counted from 0 within it: the JSON
     # is read whole, but only the lines wanted become objects.
     try:
+        if isinstance(data, bytes):
+            data = zlib.decompress(data).decode("utf-8")
         chunk: dict[str, Any] = json.loads(data)
         streams: str = chunk["s"]
         texts: list[str] = chunk["x"]
@@ -110,7 +127,7 @@ def _decode(first_seq: int, data: str, lo: int, hi: int | None) -> list[StoredLi
                 strict=True,
             )
         ]
-    except (ValueError, TypeError, KeyError, OverflowError) as exc:
+    except (ValueError, TypeError, KeyError, OverflowError, zlib.error) as exc:
         # Only a row edited by hand (or by a broken writer) gets here.
         raise StorageError(
             f"the stored log chunk from seq {first_seq} cannot be read: {exc!r}"
@@ -136,7 +153,7 @@ class LineWindow:
         """Whether no further line is wanted (also before any chunk: nothing to read)."""
         return self._room == 0 or (self.stop is not None and self.start >= self.stop)
 
-    def add(self, first_seq: int, data: str) -> None:
+    def add(self, first_seq: int, data: str | bytes) -> None:
         """Take the wanted lines of the chunk that starts at `first_seq`."""
         lo = max(self.start - first_seq, 0)
         hi = None if self.stop is None else self.stop - first_seq

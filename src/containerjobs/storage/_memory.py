@@ -16,7 +16,7 @@ from anyio.lowlevel import checkpoint
 from .._errors import JobNotFound, StorageError, TemplateNotFound
 from .._models import EnvironmentTemplate, Job, JobStatus
 from ._base import ChooseHost, StoredLine
-from ._chunks import LineWindow, encode_chunk
+from ._chunks import LineWindow, encode_chunk, pack_chunk
 from ._claim import ClaimRound, dispatch_order
 from ._codec import (
     as_utc,
@@ -43,15 +43,15 @@ class _Lease(NamedTuple):
 
 
 class _Log:
-    # A job's lines as the chunks the other stores keep (one per append), about
-    # 4 bytes beyond each short line's text, where a StoredLine object per line took
-    # some 200. firsts[i] is the seq of chunk i's first line; chunk i ends where
-    # chunk i + 1 starts, the last at `end`.
+    # A job's lines as the chunks SQLite keeps (one per append, packed): seq's
+    # output takes a third of a byte per byte of text, where a StoredLine object per
+    # line took some 200 bytes. firsts[i] is the seq of chunk i's first line; chunk i
+    # ends where chunk i + 1 starts, the last at `end`.
     __slots__ = ("chunks", "end", "firsts")
 
     def __init__(self) -> None:
         self.firsts: builtins.list[int] = []
-        self.chunks: builtins.list[str] = []
+        self.chunks: builtins.list[str | bytes] = []
         self.end = 0
 
 
@@ -233,7 +233,7 @@ class InMemoryStorage:
         # Lines already stored are skipped (a retried write), the rest are one chunk.
         new = lines[log.end - lines[0].seq :] if lines else lines
         if new:
-            log.chunks.append(encode_chunk(new))
+            log.chunks.append(pack_chunk(encode_chunk(new)))
             log.firsts.append(log.end)
             log.end += len(new)
 
