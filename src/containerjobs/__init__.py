@@ -12,6 +12,7 @@ from ._errors import HostUnavailable as HostUnavailable
 from ._errors import ImageNotFound as ImageNotFound
 from ._errors import InvalidJobSpec as InvalidJobSpec
 from ._errors import JobNotFound as JobNotFound
+from ._errors import NoWorkerAvailable as NoWorkerAvailable
 from ._errors import PolicyViolation as PolicyViolation
 from ._errors import SecretNotFound as SecretNotFound
 from ._errors import StorageError as StorageError
@@ -73,6 +74,7 @@ __all__ = [
     "LogLine",
     "Mount",
     "NetworkAttachment",
+    "NoWorkerAvailable",
     "PolicyViolation",
     "PostgresStorage",
     "PullResult",

@@ -9,6 +9,7 @@ Every error the library raises on purpose derives from `ContainerJobsError`::
     ├── JobNotFound           (also KeyError)    an unknown job id
     ├── SecretNotFound        (also KeyError)    a secret the launching manager cannot resolve
     ├── HostUnavailable                          a Docker host that cannot be reached
+    ├── NoWorkerAvailable                        nothing can run a job that is waited for
     ├── ExecutorError                            the engine refused or failed an operation
     │   ├── ImageNotFound                        an image that is absent and may not be pulled
     │   └── Unschedulable                        no node can take the job now (Swarm)
@@ -54,6 +55,27 @@ class SecretNotFound(ContainerJobsError, _KeyErrorMessage):
 
 class HostUnavailable(ContainerJobsError):
     """A Docker host that does not answer, or that no job may be placed on."""
+
+
+class NoWorkerAvailable(ContainerJobsError):
+    """Raised by `JobManager.wait` and `JobManager.run` when, for the manager's
+    ``no_worker_timeout``, nothing could run the job waited for: no host of this
+    manager could take it, and no other manager held a lease on the store.
+
+    The message says what was tried: each host and its last health error, and the
+    store no worker has a lease on. The job itself is left as it is (pending, most
+    often): a worker that starts later runs it, unless it is cancelled.
+
+    Attributes:
+        job_id: the job waited for.
+    """
+
+    def __init__(self, message: str, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+    def __reduce__(self) -> tuple[type[NoWorkerAvailable], tuple[str, str]]:
+        return type(self), (str(self), self.job_id)  # pickles whole (a process pool)
 
 
 class ExecutorError(ContainerJobsError):

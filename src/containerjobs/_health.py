@@ -4,13 +4,13 @@ a host may be gone."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import anyio
 import attrs
 
 from ._errors import ContainerJobsError
-from ._hosts import Host
+from ._hosts import Host, takes_placement
 from ._log import Logger
 from ._models import HostHealth, utcnow
 from .executors import Executor
@@ -55,6 +55,7 @@ class HostMonitor:
         self._log = log
         self._interval = interval
         self._on_recovered = on_recovered
+        self._went_down: anyio.Event | None = None  # set when a host goes down
 
     def __iter__(self) -> Iterator[HostState]:
         return iter(self._states.values())
@@ -78,6 +79,31 @@ class HostMonitor:
     def usable(self) -> list[HostState]:
         return [state for state in self._states.values() if state.usable]
 
+    def why_none_takes(self, host: str | None, placement: Sequence[str], who: str) -> str | None:
+        """Why no host here can take a job that needs `host` (or, with none, has
+        `placement`) now, in words that name this manager as `who`; `None` when one
+        can, once it has a free slot."""
+        if not self._states:
+            return f"{who} has no hosts (hosts=[]: a client)"
+        names = ", ".join(self._states)
+        if host is not None:
+            state = self._states.get(host)
+            if state is None:
+                return f"it needs host {host!r}, which {who} does not have (its hosts: {names})"
+            states = [state]
+        elif placement:
+            states = [state for state in self if takes_placement(state.host)]
+            if not states:
+                return (
+                    f"its placement {list(placement)} needs a Swarm host, and {who} has "
+                    f"none (its hosts: {names})"
+                )
+        else:
+            states = list(self)
+        if any(state.usable for state in states):
+            return None
+        return "; ".join(_why_down(state) for state in states)
+
     async def open(self) -> None:
         for state in self._states.values():
             await state.executor.open()
@@ -94,8 +120,16 @@ class HostMonitor:
         """Check every host on a schedule: often while one is down, so that its queue
         moves soon after it is back."""
         while True:
-            healthy = all(s.health.healthy for s in self._states.values() if s.host.active)
-            await anyio.sleep(self._interval if healthy else min(self._interval, _RECHECK))
+            if all(s.health.healthy for s in self._states.values() if s.host.active):
+                # A host found down meanwhile (by a job, or health()) is rechecked
+                # soon, not at the end of a long healthy interval.
+                went_down = self._went_down = anyio.Event()
+                with anyio.move_on_after(self._interval):
+                    await went_down.wait()
+                if went_down.is_set():
+                    continue
+            else:
+                await anyio.sleep(min(self._interval, _RECHECK))
             await self.check_all()
 
     async def check_all(self) -> None:
@@ -125,3 +159,13 @@ class HostMonitor:
             self._on_recovered()
         elif not health.healthy and (before.healthy or before.error != health.error):
             self._log.warning("host.unhealthy", host=state.name, error=health.error)
+            if self._went_down is not None:
+                self._went_down.set()
+
+
+def _why_down(state: HostState) -> str:
+    if not state.host.active:
+        return f"host {state.name!r} is inactive"
+    error = state.health.error or "no answer"
+    # A host's error most often names the host already.
+    return error if repr(state.name) in error else f"host {state.name!r} is unhealthy: {error}"

@@ -20,7 +20,7 @@ import attrs
 
 from ._dispatch import HostSelectionStrategy, WeightedLeastLoaded
 from ._display import JobList, Summary
-from ._errors import ContainerJobsError, InvalidJobSpec
+from ._errors import ContainerJobsError, InvalidJobSpec, NoWorkerAvailable
 from ._events import EventStream
 from ._health import HostMonitor, HostState
 from ._hosts import DockerHost, Host, takes_placement
@@ -46,6 +46,7 @@ from .storage import InMemoryStorage, Storage
 ExitMode = Literal["cancel", "wait", "detach"]
 ChangeFeed = Callable[[], AsyncIterator[tuple[str, JobStatus, JobStatus | None]]]
 _CHANGES_FALLBACK = 5.0  # seconds between reads of a job a change feed tells of
+_NOBODY_CHECK = 1.0  # seconds between a waiter's looks at whether anything can run its job
 
 
 def _default_executor(host: Host) -> Executor:
@@ -91,6 +92,21 @@ class JobManager:
         manager_id: this manager's identity in container labels and job records.
         executor_factory: called with each host, makes the executor that speaks to
             it; `None` means ``host.executor()``. A `FakeCluster` in tests.
+        own_jobs_only: run only the jobs this manager submitted itself: it takes no
+            other pending job from the store and adopts no other manager's job, so
+            it can run its own work beside a shared queue without serving it (what
+            ``containerjobs run --db`` does). Its jobs may still be taken by other
+            workers on the store; pin them (`JobSpec.host`) to a host only this
+            manager has to keep them here.
+        no_worker_timeout: how long `wait` and `run` go on while nothing can run the
+            job: no host of this manager can take it (none is healthy, or none is
+            the one it is pinned to) and no other manager holds a lease on the store.
+            Past it they raise `NoWorkerAvailable`, which says what was tried; the
+            job stays as it is, for a worker that comes later (or a cancel). Waiting
+            on a job that a live manager elsewhere holds, or that could run here,
+            never raises it. `None` waits for ever. 15 s by default: long enough
+            for a Docker daemon to restart, short enough to tell a script that no
+            daemon or worker is there.
     """
 
     def __init__(
@@ -109,6 +125,8 @@ class JobManager:
         max_log_bytes: int = 10 * 1024 * 1024,
         manager_id: str | None = None,
         executor_factory: ExecutorFactory | None = None,
+        own_jobs_only: bool = False,
+        no_worker_timeout: float | None = 15.0,
     ) -> None:
         if hosts is None:
             hosts = [DockerHost.from_env()]
@@ -118,12 +136,19 @@ class JobManager:
             raise ValueError(f"host names must be unique; repeated: {', '.join(duplicates)}")
         if on_exit not in (None, "cancel", "wait", "detach"):
             raise ValueError(f"on_exit must be 'cancel', 'wait' or 'detach', not {on_exit!r}")
+        if no_worker_timeout is not None and not no_worker_timeout >= 0:
+            raise ValueError(
+                f"no_worker_timeout must be a number of seconds >= 0 or None, "
+                f"not {no_worker_timeout!r}"
+            )
         self.id = manager_id or f"cjm-{uuid.uuid4().hex[:12]}"
         self.storage: Storage = storage if storage is not None else InMemoryStorage()
         self.strategy: HostSelectionStrategy = strategy or WeightedLeastLoaded()
         self.policy = policy or SecurityPolicy()
         self._on_exit = on_exit
         self._poll_interval = poll_interval
+        self._no_worker_timeout = no_worker_timeout
+        self._others: tuple[float, set[str] | None] | None = None  # (read at, live leases)
         # A store that reports every change (PostgreSQL's LISTEN/NOTIFY) spares the
         # waits their polling; an optional capability, not part of the protocol.
         self._changes: ChangeFeed | None = getattr(self.storage, "changes", None)
@@ -150,6 +175,7 @@ class JobManager:
                 poll_interval=poll_interval,
                 lease_ttl=lease_ttl,
                 max_log_bytes=max_log_bytes,
+                own_jobs_only=own_jobs_only,
                 log=self._log,
             )
             if hosts
@@ -282,7 +308,7 @@ class JobManager:
             self._log.info("job.submitted", job_id=job.id, image=job.spec.image, job_name=job.name)
         self._board.created(jobs)
         if self._worker is not None:
-            self._worker.wake()
+            self._worker.submitted(jobs)
         return jobs
 
     async def _prepare(self, spec: JobSpec) -> Job:
@@ -361,6 +387,7 @@ class JobManager:
         self, job: Job, timeout: float | None, changed: anyio.Event | None = None
     ) -> Job:
         job_id, status = job.id, job.status
+        stranded = _Stranded(self, job_id) if self._no_worker_timeout is not None else None
         with anyio.fail_after(timeout):
             if changed is None:
                 changed = self._board.watch(job_id)
@@ -373,11 +400,11 @@ class JobManager:
                         self._board.wake(job_id)
                         return job
                 if not self._changes_elsewhere(job):
-                    await changed.wait()
+                    await self._until(changed, job, stranded)
                 else:
                     # Changes made elsewhere: one read of the store for every waiter.
                     with self._polls.watching(job_id, status):
-                        await changed.wait()
+                        await self._until(changed, job, stranded)
                 changed = self._board.watch(job_id)
                 # A move the board told is known without reading the record; any other
                 # wake-up ("look again") reads it.
@@ -588,6 +615,48 @@ class JobManager:
 
     # --- waiting -------------------------------------------------------------------
 
+    async def _until(self, changed: anyio.Event, job: Job, stranded: _Stranded | None) -> None:
+        """Until `changed` is set; `NoWorkerAvailable` when nothing can run `job` for
+        the whole ``no_worker_timeout`` meanwhile."""
+        if stranded is None:
+            await changed.wait()
+            return
+        while not changed.is_set():
+            with anyio.move_on_after(_NOBODY_CHECK):
+                await changed.wait()
+            if not changed.is_set():
+                await stranded.look(job)
+
+    async def _why_nothing_runs(self, job: Job) -> str | None:
+        """Why nothing can move `job` on now, or `None` when something may: a host of
+        this manager that can take it, a run of it here, or another manager's live
+        lease on the store (or a store that cannot tell)."""
+        if job.status.is_terminal or (job.owner == self.id and job.status.is_active):
+            return None  # ended, or runs here: its run ends it, whatever its host does
+        # A running job can only go on where it runs (adopted from a dead manager).
+        why = self._monitor.why_none_takes(
+            job.host if job.status.is_active else job.spec.host,
+            job.spec.placement,
+            "this manager",
+        )
+        if why is None:
+            return None
+        now = anyio.current_time()
+        if self._others is None or now - self._others[0] >= _NOBODY_CHECK:
+            # One read for all of this manager's waiters.
+            try:
+                live: set[str] | None = await self.storage.live_managers() - {self.id}
+            except ContainerJobsError:
+                live = None  # a store that cannot tell: no conclusion
+            self._others = (now, live)
+        others = self._others[1]
+        return why if others is not None and not others else None
+
+    def _describe_store(self) -> str:
+        if not self.storage.persistent:
+            return "this manager's in-memory store"
+        return repr(self.storage)
+
     def _changes_elsewhere(self, job: Job) -> bool:
         # This manager signals every change it makes. Only a store shared with other
         # processes can change behind its back, and then only for jobs it does not run.
@@ -620,6 +689,44 @@ class JobManager:
         self._check_open()
         if self._worker is not None:
             await self._worker.reconciler.reconcile()
+
+
+class _Stranded:
+    """A waiter's watch on whether anything can run its job: `look` raises
+    `NoWorkerAvailable` once nothing could for the manager's ``no_worker_timeout``."""
+
+    def __init__(self, manager: JobManager, job_id: str) -> None:
+        assert manager._no_worker_timeout is not None
+        self._manager = manager
+        self._job_id = job_id
+        self._timeout = manager._no_worker_timeout
+        self._since: float | None = None
+
+    async def look(self, job: Job) -> None:
+        # `job` may be older than the status the waiter knows; its spec is not. The
+        # store is read only to confirm, before raising.
+        manager = self._manager
+        if await manager._why_nothing_runs(job) is None:
+            self._since = None
+            return
+        now = anyio.current_time()
+        if self._since is None:
+            self._since = now
+        if now - self._since < self._timeout:
+            return
+        current = await manager.storage.get(self._job_id)
+        why = await manager._why_nothing_runs(current)
+        if why is None:
+            self._since = None
+            manager._board.wake(self._job_id)  # it moved: the waiter looks again
+            return
+        raise NoWorkerAvailable(
+            f"nothing could run job {current.id} for {now - self._since:.0f} s: {why}; "
+            f"and no other manager holds a lease on {manager._describe_store()}. The job "
+            f"stays {current.status}: a worker on that store runs it when one starts (or "
+            f"a host comes back), unless it is cancelled (manager.cancel({current.id!r})).",
+            current.id,
+        )
 
 
 _NO_HOSTS = HostMonitor(

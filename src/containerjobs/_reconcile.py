@@ -38,7 +38,7 @@ class Reconciler:
         monitor: HostMonitor,
         supervised: Container[str],
         start_run: StartRun,
-        accepting: Callable[[], bool],
+        may_adopt: Callable[[Job], bool],
         lease_ttl: float,
         log: Logger,
         repeats: RepeatLimiter,
@@ -49,7 +49,7 @@ class Reconciler:
         self._monitor = monitor
         self._supervised = supervised
         self._start_run = start_run
-        self._accepting = accepting
+        self._may_adopt = may_adopt
         self._lease_ttl = lease_ttl
         self._log = log
         self._repeats = repeats
@@ -86,8 +86,8 @@ class Reconciler:
             if job.id in self._supervised or (job.owner in live and job.owner != self._id):
                 continue
             state = self._monitor.get(job.host)
-            if state is None or not state.usable or not self._accepting():
-                continue  # not a host we can reach: another manager's to adopt
+            if state is None or not state.usable or not self._may_adopt(job):
+                continue  # not a host we can reach, or not a job we take: another's
             try:
                 await self._adopt(job, state)
             except LostRace as race:

@@ -1,7 +1,8 @@
 """The worker: what a manager with hosts runs in its task group.
 
 It places pending jobs on hosts (dispatch), runs one `JobRun` per job, keeps its
-lease and reconciles (`Reconciler`), and watches the hosts' health (`HostMonitor`).
+lease and reconciles (`Reconciler`), watches the hosts' health (`HostMonitor`), and
+writes into the record of a pending job it cannot take why (`_explain_waits`).
 A client manager (``hosts=[]``) has none of this.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import anyio
+import attrs
 from anyio.abc import TaskGroup
 
 from ._dispatch import HostLoad, HostSelectionStrategy
@@ -18,17 +20,20 @@ from ._health import HostMonitor, HostState
 from ._hosts import Host, takes_placement
 from ._log import Logger
 from ._logs import LogHub
-from ._models import Job
+from ._models import Job, JobStatus
 from ._policy import SecurityPolicy
 from ._ratelimit import RepeatLimiter
 from ._reconcile import Reconciler
 from ._run import JobRun
 from ._secrets import SecretSource
-from ._transitions import StatusBoard
+from ._transitions import LostRace, StatusBoard
 from .executors import Executor
 from .storage import Storage
 
 ExecutorFactory = Callable[[Host], Executor]
+_EXPLAIN_EVERY = 5  # poll intervals between looks at the pending jobs no host here can take
+_EXPLAINED = 100  # the newest pending jobs looked at, each time
+_WAITING = "waiting for a host"  # how the reason a worker writes into a record begins
 
 
 class Worker:
@@ -47,6 +52,7 @@ class Worker:
         poll_interval: float,
         lease_ttl: float,
         max_log_bytes: int,
+        own_jobs_only: bool,
         log: Logger,
     ) -> None:
         self._storage = storage
@@ -73,12 +79,15 @@ class Worker:
             monitor=self.monitor,
             supervised=self.runs,
             start_run=self.start_run,
-            accepting=lambda: self._accepting,
+            may_adopt=lambda job: self._accepting and self._takes(job),
             lease_ttl=lease_ttl,
             log=log,
             repeats=self._repeats,
         )
         self._manager_id = manager_id
+        # With own_jobs_only, the ids of the jobs this manager submitted that may still
+        # be pending: the only ones it claims.
+        self._own: set[str] | None = set() if own_jobs_only else None
         self._tg: TaskGroup | None = None
         self._accepting = False
         self._wake = anyio.Event()
@@ -98,6 +107,7 @@ class Worker:
         tg.start_soon(self._dispatch_loop)
         tg.start_soon(self.monitor.run)
         tg.start_soon(self.reconciler.run)
+        tg.start_soon(self._explain_loop)
         if self._storage.persistent:
             tg.start_soon(self._cancel_request_loop)
 
@@ -116,6 +126,16 @@ class Worker:
     def wake(self) -> None:
         """New work, a freed slot or a recovered host: dispatch now."""
         self._wake.set()
+
+    def submitted(self, jobs: Sequence[Job]) -> None:
+        """Jobs this manager stored: dispatch now (and, with own_jobs_only, take them)."""
+        if self._own is not None:
+            self._own.update(job.id for job in jobs)
+        self.wake()
+
+    def _takes(self, job: Job) -> bool:
+        """Whether this worker runs `job` at all (with own_jobs_only, only its own)."""
+        return self._own is None or job.id in self._own or job.owner == self._manager_id
 
     def live_hub(self, job_id: str) -> LogHub | None:
         """The output of a job running here, while it runs."""
@@ -166,7 +186,7 @@ class Worker:
                 await self._wake.wait()
 
     async def _dispatch_once(self) -> None:
-        if not self._accepting:
+        if not self._accepting or not self._may_have_own_pending():
             return
         usable = {state.name: state for state in self.monitor.usable()}
         if not usable:
@@ -175,8 +195,8 @@ class Worker:
         def choose(job: Job, loads: Mapping[str, int]) -> str | None:
             # Called by the store inside its atomic step, for each pending job that
             # has a host with a free slot; the strategy chooses among those.
-            if not self._accepting:
-                return None  # closing: take no more work
+            if not self._accepting or not self._takes(job):
+                return None  # closing (take no more work), or another's job
             candidates = [
                 HostLoad(usable[name].host, running)
                 for name, running in loads.items()
@@ -207,6 +227,64 @@ class Worker:
             assert job.host is not None  # claimed jobs have one
             self.start_run(job, usable[job.host])
 
+    def _may_have_own_pending(self) -> bool:
+        # With own_jobs_only, a claim round walks the queue only while a job of ours
+        # may wait in it: not once every one ran here or ended.
+        if self._own is None:
+            return True
+        ended = {job_id for job_id in self._own if _ended(self._board.told(job_id))}
+        self._own -= ended
+        return any(job_id not in self.runs for job_id in self._own)
+
+    # --- why a job waits -------------------------------------------------------------
+
+    async def _explain_loop(self) -> None:
+        while True:
+            await anyio.sleep(self._poll_interval * _EXPLAIN_EVERY)
+            try:
+                await self._explain_waits()
+            except ContainerJobsError as exc:
+                self._repeats.report(self._log.warning, "explain.failed", error=str(exc))
+            else:
+                self._repeats.recover(self._log.info, "explain.failed", "explain.recovered")
+
+    async def _explain_waits(self) -> None:
+        """Write into the record of each pending job this worker would take but no host
+        of its can, why: pinned to a host it does not have or that is down, placement
+        and no Swarm host, no healthy host at all. A job claimed later loses the reason
+        (the move to running clears `error`); one that another worker explained, or
+        that waits for something else (a Swarm node, a free slot), is left alone."""
+        if not self._accepting:
+            return
+        pending = await self._storage.list(status=JobStatus.PENDING, limit=_EXPLAINED)
+        mine = f"{_WAITING} (worker {self._manager_id}): "
+        live: set[str] | None = None
+        for job in pending:
+            if not self._takes(job):
+                continue
+            why = self.monitor.why_none_takes(job.spec.host, job.spec.placement, "this worker")
+            want = None if why is None else mine + why
+            if job.error == want:
+                continue
+            ours = job.error is not None and job.error.startswith(mine)
+            if want is None and not ours:
+                continue  # someone else's word, or nothing to say
+            if want is not None and not ours and job.error is not None:
+                # Another worker's reason stands while that worker lives.
+                if not job.error.startswith(f"{_WAITING} (worker "):
+                    continue
+                if live is None:
+                    live = await self._storage.live_managers()
+                writer = job.error[len(f"{_WAITING} (worker ") :].split("): ", 1)[0]
+                if writer in live:
+                    continue
+            try:
+                await self._board.move(job, attrs.evolve(job, error=want))
+            except LostRace:
+                continue  # claimed or cancelled meanwhile
+            if want is not None:
+                self._log.info("job.waiting", job_id=job.id, reason=why)
+
     async def _cancel_request_loop(self) -> None:
         # A cancel asked through another manager arrives as a flag in the store: one
         # read per round for all of this worker's jobs, not one per job (the ids only,
@@ -234,3 +312,8 @@ class Worker:
                 run = self.runs.get(job_id)
                 if run is not None:
                     run.request_cancel("cancelled")
+
+
+
+def _ended(status: JobStatus | None) -> bool:
+    return status is not None and status.is_terminal
