@@ -152,7 +152,8 @@ def jobs_html(jobs: list[Job]) -> str:
     more); no output, no environment."""
     head = "<tr>" + "".join(f"<th>{name}</th>" for name in _LIST_COLUMNS) + "</tr>"
     rows = [
-        "<tr>"
+        # Unwrapped: an id or a date cut over two lines reads badly.
+        '<tr style="white-space:nowrap">'
         + "".join(
             f"<td>{cell}</td>"
             for cell in (
@@ -183,24 +184,26 @@ def _scalar(value: object) -> str:
     return _e(value)
 
 
+def _row_table(values: Mapping[str, Any], caption: str = "", statuses: bool = False) -> str:
+    # Names across, values below: a few numbers take one line.
+    head = "<tr>" + "".join(
+        f"<th>{_status(name) if statuses else _e(name)}</th>" for name in values
+    ) + "</tr>"
+    row = "<tr>" + "".join(f"<td>{_scalar(value)}</td>" for value in values.values()) + "</tr>"
+    return _table([row], head, caption)
+
+
 def summary_html(summary: Mapping[str, Any]) -> str:
-    """A manager's summary: its plain values as name/value rows, each mapping of
-    plain values (jobs per status) as its own table, each mapping of mappings (the
-    hosts) as a table with a row per key."""
-    plain = [
-        f'<tr><th style="text-align:left">{_e(key)}</th><td>{_scalar(value)}</td></tr>'
-        for key, value in summary.items()
-        if not isinstance(value, Mapping)
-    ]
-    parts = [_table(plain)] if plain else []
+    """A manager's summary: each mapping of plain values (jobs per status) as a table
+    of one row, each mapping of mappings (the hosts) as a table with a row per key,
+    and the plain values (slots used and free) as one row too."""
+    parts = []
     for key, value in summary.items():
         if not isinstance(value, Mapping):
             continue
         if value and all(isinstance(v, Mapping) for v in value.values()):
             columns = list(dict.fromkeys(c for row in value.values() for c in row))
-            head = (
-                "<tr><th></th>" + "".join(f"<th>{_e(c)}</th>" for c in columns) + "</tr>"
-            )
+            head = "<tr><th></th>" + "".join(f"<th>{_e(c)}</th>" for c in columns) + "</tr>"
             rows = (
                 f'<tr><th style="text-align:left">{_e(name)}</th>'
                 + "".join(f"<td>{_scalar(row.get(c, ''))}</td>" for c in columns)
@@ -208,13 +211,11 @@ def summary_html(summary: Mapping[str, Any]) -> str:
                 for name, row in value.items()
             )
             parts.append(_table(rows, head, caption=key))
-        else:
-            rows = (
-                f'<tr><th style="text-align:left">{_status(name) if key == "jobs" else _e(name)}'
-                f"</th><td>{_scalar(v)}</td></tr>"
-                for name, v in value.items()
-            )
-            parts.append(_table(rows, caption=key))
+        elif value:
+            parts.append(_row_table(value, caption=key, statuses=key == "jobs"))
+    plain = {key: value for key, value in summary.items() if not isinstance(value, Mapping)}
+    if plain:
+        parts.append(_row_table(plain))
     return "<div>" + "".join(parts) + "</div>"
 
 
