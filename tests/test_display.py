@@ -196,6 +196,8 @@ def test_any_output_is_escaped_and_bounded(output: str, error: str) -> None:
         ("1\n2\n3\n4\n5\n", "1\n2\n3\n4\n5"),
         ("1\n2\n3\n4\n5\n6\n", "… 1 earlier line\n2\n3\n4\n5\n6"),
         ("\n".join(map(str, range(10))), "… 5 earlier lines\n5\n6\n7\n8\n9"),
+        # As a terminal shows it: no colours, a progress bar at its last state.
+        ("\x1b[32mok\x1b[0m\n10%\r50%\r100%\n", "ok\n100%"),
     ],
 )
 def test_last_lines(text: str, shown: str) -> None:

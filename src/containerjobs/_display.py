@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ._output import clean_output
+
 if TYPE_CHECKING:
     from ._models import Job
 
@@ -37,8 +39,9 @@ def shorten(text: str, limit: int = CELL_CHARS) -> str:
 
 
 def last_lines(text: str, lines: int = OUTPUT_LINES, width: int = CELL_CHARS) -> str:
-    """The last `lines` lines of `text`, each cut to `width`, after a line saying how
-    many came before. Reads only the end of `text`, however long it is."""
+    """The last `lines` lines of `text` as a terminal shows them (no ANSI escapes,
+    carriage returns resolved), each cut to `width`, after a line saying how many
+    came before. Reads only the end of `text`, however long it is."""
     text = text.rstrip("\n")
     if not text:
         return ""
@@ -47,7 +50,7 @@ def last_lines(text: str, lines: int = OUTPUT_LINES, width: int = CELL_CHARS) ->
         start = text.rfind("\n", 0, start)
         if start < 0:
             break
-    tail = [shorten(line, width) for line in text[start + 1 :].split("\n")]
+    tail = [shorten(line, width) for line in clean_output(text[start + 1 :]).split("\n")]
     if start < 0:
         return "\n".join(tail)
     earlier = text.count("\n", 0, start) + 1
