@@ -345,6 +345,25 @@ async def test_sqlite_schema_is_versioned_and_in_wal_mode(tmp_path: Path) -> Non
     assert mode == "wal"
 
 
+async def test_sqlite_wal_file_is_cut_back_after_a_big_write(tmp_path: Path) -> None:
+    # A job's final record holds its kept output (10 MB by default): the WAL file grew
+    # to that transaction's size and kept it for as long as the store stayed open.
+    path = tmp_path / "jobs.db"
+    wal = tmp_path / "jobs.db-wal"
+    store = SQLiteStorage(path)
+    await store.open()
+    try:
+        job = make_job("j", status=JobStatus.RUNNING, host="h", owner="m")
+        await store.create([job])
+        ended = job.advance(JobStatus.COMPLETED, stdout="1234567\n" * 1_000_000)
+        assert await store.compare_and_set(ended, expected=JobStatus.RUNNING, expected_owner="m")
+        assert wal.stat().st_size > 8_000_000
+        await store.renew_lease("m", 30)  # the next write restarts the WAL
+        assert wal.stat().st_size <= 4 << 20
+    finally:
+        await store.close()
+
+
 async def test_sqlite_refuses_a_file_from_a_newer_version(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
     async with aiosqlite.connect(path) as db:
