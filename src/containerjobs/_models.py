@@ -48,6 +48,7 @@ class JobStatus(enum.StrEnum):
 
     @property
     def is_terminal(self) -> bool:
+        """Completed, failed, timeout or cancelled: the job is over for good."""
         return self in _TERMINAL
 
     @property
@@ -198,7 +199,12 @@ def _absolute_path(field: str, value: object) -> str:
 
 @attrs.frozen
 class NetworkAttachment:
-    """A Docker network the job's container joins, with its DNS aliases there."""
+    """A Docker network the job's container joins, with its DNS aliases there.
+
+    Attributes:
+        name: the network's name; it must exist on the host (``docker network create``).
+        aliases: names other containers on the network reach this one by.
+    """
 
     name: str = attrs.field()
     aliases: tuple[str, ...] = attrs.field(default=(), converter=tuple)
@@ -219,7 +225,14 @@ class NetworkAttachment:
 
 @attrs.frozen
 class Mount:
-    """A host folder bind-mounted into the job's container (read-only by default)."""
+    """A host folder bind-mounted into the job's container (read-only by default).
+
+    Attributes:
+        source: an absolute path on the Docker host; the policy's
+            `allowed_mount_sources` must allow it.
+        target: an absolute path inside the container, not ``/``.
+        read_only: mount it read-only (the default).
+    """
 
     source: str = attrs.field()
     target: str = attrs.field()
@@ -327,6 +340,52 @@ class JobSpec:
     interface only, ``"bridge"`` the engine's default bridge, `None` the policy's
     default (`SecurityPolicy.default_network_mode`). ``"none"`` with `networks` is
     refused; ``"bridge"`` with them joins the default bridge as well.
+
+    A wrong type raises `TypeError` and a wrong value `InvalidJobSpec`, when the spec
+    is made.
+
+    ```python
+    spec = JobSpec(
+        "alpine:3.18",
+        "wc -l < /data/input.csv",
+        memory_limit_mb=128,
+        cpu_limit=0.5,
+        timeout_seconds=300,
+        mounts=[Mount("/srv/data", "/data")],
+    )
+    ```
+
+    Attributes:
+        image: an image reference (``alpine:3.18``, ``registry:5000/team/tool@sha256:…``).
+        command: a `str` runs as ``/bin/sh -c command``; a list runs as is, with no
+            shell; `None` keeps the image's own command.
+        name: a name for people; not unique.
+        memory_limit_mb: memory limit in MB, a whole number; no swap beyond it on a
+            Docker host. `None`: the policy's default (512).
+        cpu_limit: CPU limit in cores (``0.5`` is half a core). `None`: the policy's
+            default (1.0).
+        timeout_seconds: the container is killed after running this long, and the
+            job ends ``timeout``. `None`: the policy's default (3600).
+        environment: variables for the container, `str` to `str` or to a `Secret`
+            (stored by name, resolved at launch). `repr` shows the keys only.
+        environment_template: the name of a stored `EnvironmentTemplate`;
+            `environment` wins over it.
+        networks: Docker networks to join, by name or as `NetworkAttachment`.
+        working_directory: an absolute path inside the container; `None`: the image's.
+        user: ``user[:group]`` to run as; `None`: the policy's default
+            (``"65534:65534"``). Root is refused unless the policy allows it.
+        labels: extra container labels.
+        mounts: `Mount` bind mounts, checked by the policy.
+        host: pin the job to the host of this name.
+        pull_policy: ``"if-not-present"`` (pull a missing image), ``"always"`` (pull
+            before every launch) or ``"never"`` (a missing image fails the job).
+        placement: Swarm constraints such as ``"node.labels.zone==a"``; the job
+            then runs only on a `SwarmHost`.
+        network_mode: ``"none"``, ``"bridge"`` or `None`, as above.
+        max_retries: how many more attempts a failed job may have (a non-zero exit,
+            a failed launch, a lost host; never a timeout, cancel, OOM kill or
+            missing image).
+        priority: a 32-bit integer; higher runs first, equal ones oldest first.
     """
 
     image: str = attrs.field()
@@ -414,7 +473,17 @@ class JobSpec:
 
 @attrs.frozen
 class AttemptOutcome:
-    """How an earlier attempt of a retried job ended."""
+    """How an earlier attempt of a retried job ended.
+
+    Attributes:
+        attempt: its number, counting from 1.
+        host: the host it ran on, if it got one.
+        container_id: its container, if one was created.
+        exit_code: the container's exit code; `None` when it never started.
+        error: why it failed, in words.
+        started_at: when its container started.
+        completed_at: when it ended.
+    """
 
     attempt: int
     host: str | None
@@ -427,7 +496,46 @@ class AttemptOutcome:
 
 @attrs.frozen(kw_only=True, repr=False)
 class Job:
-    """A snapshot of a job's record. Ask the manager again for a fresher one."""
+    """A snapshot of a job's record. Ask the manager again for a fresher one.
+
+    `repr(job)` is one short line (id, name, status, host, exit code); in Jupyter a
+    job shows as a small table with the last lines of its output. Neither shows the
+    whole output or any environment value.
+
+    Attributes:
+        id: the job's id, a UUID string.
+        spec: the effective `JobSpec`: the limits, user and environment it runs with.
+        status: where it is in its life, a `JobStatus`.
+        name: the spec's name.
+        host: the host it was placed on, once claimed.
+        container_id: its container's id, once created.
+        exit_code: the container's exit code; `None` while it runs, or when it never
+            started.
+        created_at: when it was submitted (aware, UTC).
+        started_at: when its container started.
+        completed_at: when it reached a terminal status.
+        stdout: all of its standard output, once it has ended (`JobManager.logs`
+            follows it live).
+        stderr: all of its standard error, likewise.
+        max_memory_bytes: the peak memory use read while it ran; `None` when it
+            ended before the first reading.
+        cpu_usage_percent: its average CPU use between the readings, 100 being one
+            full core.
+        oom_killed: the memory limit killed it (it ends ``failed``).
+        error: why it did not complete, in words (``"exited with code 3"``,
+            ``"timed out after 2 s; the container was killed"``, ...).
+        attempts: how many times it has been claimed for a launch, this one
+            included.
+        logs_truncated: its output passed the manager's ``max_log_bytes``, and the
+            middle was left out.
+        owner: the id of the manager that runs it, or last ran it.
+        cancel_requested: a cancel was asked for by a manager that does not run it;
+            the one that does kills it.
+        previous_attempts: one `AttemptOutcome` per earlier attempt that failed and
+            was retried.
+        retry_at: a retried job waits in ``pending`` until then.
+        output_start: the number of stored log lines before this attempt's output.
+    """
 
     id: str
     spec: JobSpec
@@ -487,7 +595,15 @@ class Job:
 
 @attrs.frozen
 class LogLine:
-    """One line of a job's output. `text` has no trailing newline."""
+    """One line of a job's output. `text` has no trailing newline.
+
+    Attributes:
+        stream: ``"stdout"`` or ``"stderr"``.
+        text: the line, without its newline; bytes that are not UTF-8 are replaced
+            with U+FFFD, never dropped.
+        timestamp: when Docker read the line (aware, UTC); never before the previous
+            line's.
+    """
 
     stream: Stream
     text: str
@@ -496,7 +612,14 @@ class LogLine:
 
 @attrs.frozen
 class JobEvent:
-    """A job's status change, as it was stored."""
+    """A job's status change, as it was stored.
+
+    Attributes:
+        job_id: the job that changed.
+        status: its new status.
+        previous: its status before, `None` for a job just submitted.
+        at: when the change was stored (aware, UTC).
+    """
 
     job_id: str
     status: JobStatus
@@ -509,6 +632,21 @@ class EnvironmentTemplate:
     """A named set of ``KEY=VALUE`` lines that jobs can take their environment from.
 
     Its `repr()` shows the variables' names, never their values.
+
+    ```python
+    await manager.save_template(EnvironmentTemplate(
+        "python-prod", "LOG_LEVEL=INFO", description="what production jobs get"
+    ))
+    job = await manager.submit(
+        JobSpec("python:3.12", "python job.py", environment_template="python-prod")
+    )
+    ```
+
+    Attributes:
+        name: how `JobSpec.environment_template` names it.
+        text: ``KEY=VALUE`` lines; ``#`` starts a comment; ``${secret:NAME}`` makes
+            the value a `Secret`. Checked when the template is made.
+        description: a note for people.
     """
 
     name: str = attrs.field()
@@ -543,7 +681,14 @@ class EnvironmentTemplate:
 
 @attrs.frozen
 class HostHealth:
-    """The last health check of a Docker host."""
+    """The last health check of a Docker host.
+
+    Attributes:
+        healthy: the host answered, and may be given jobs.
+        response_time: seconds the check took, when it answered.
+        error: why it is not healthy, in words.
+        checked_at: when the check was made; `None` before the first one.
+    """
 
     healthy: bool
     response_time: float | None
