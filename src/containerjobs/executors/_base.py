@@ -20,13 +20,22 @@ import attrs
 from .._models import Job, LogLine, Mount, NetworkAttachment, PullPolicy
 
 LABEL_JOB_ID = "containerjobs.job_id"
+"""The label holding the id of the job a container runs."""
 LABEL_MANAGER = "containerjobs.manager"
+"""The label holding the id of the manager that launched the container."""
 LABEL_ATTEMPT = "containerjobs.attempt"
+"""The label holding which attempt of its job the container runs (1, 2, ...)."""
 LABEL_STORE = "containerjobs.store"
+"""The label holding the id of the store its job is kept in (`Storage.store_id`):
+reconciliation removes only the containers of its own store."""
 
 # The hardening settings an engine may be unable to express, by the names
 # `SecurityPolicy.allow_unenforced` takes.
 UNENFORCEABLE = frozenset({"no-new-privileges"})
+"""The hardening settings an engine may be unable to express, by the names
+`SecurityPolicy.allow_unenforced` takes. An executor that cannot apply one the request
+asks for, and that `LaunchRequest.allow_unenforced` does not name, refuses the job with
+`PolicyViolation`."""
 
 
 @attrs.frozen
@@ -37,6 +46,10 @@ class OutputLine:
     piece of a line too long to hold whole (the next piece of the same stream goes
     on with it). So the job's stdout and stderr can be rebuilt exactly (after
     decoding) by joining texts, each followed by a newline when it had one.
+
+    Args:
+        line: the line, its stream and its timestamp.
+        newline: whether it ended in a newline.
     """
 
     line: LogLine
@@ -124,6 +137,7 @@ class LaunchRequest:
 
 
 LineSink = Callable[[OutputLine], None]
+"""What `LogReader.read` hands each line to, in the order written."""
 
 
 @runtime_checkable
@@ -158,7 +172,14 @@ class LogReader(Protocol):
 
 @attrs.frozen
 class ExitStatus:
-    """How a container ended."""
+    """How a container ended.
+
+    Args:
+        exit_code: the container's exit code; `None` when the engine has none.
+        oom_killed: the engine reports that the memory limit killed it.
+        error: the engine's own error, if it gave one.
+        finished_at: when it exited, by the engine's clock.
+    """
 
     exit_code: int | None
     oom_killed: bool = False
@@ -188,6 +209,10 @@ class ContainerInfo:
     """A labelled container found on a host.
 
     Args:
+        container_id: the container's id (for Swarm, the service's).
+        job_id: its `LABEL_JOB_ID`.
+        manager_id: its `LABEL_MANAGER`, if it has one.
+        store_id: its `LABEL_STORE`, if it has one.
         started: whether its command ever ran (a container only created never did).
         running: whether it runs now.
         attempt: the attempt of the job it was made for.
@@ -204,7 +229,13 @@ class ContainerInfo:
 
 @attrs.frozen
 class PullResult:
-    """What happened when an image was pulled on a host."""
+    """What happened when an image was pulled on a host.
+
+    Attributes:
+        image: the image reference pulled.
+        ok: whether the pull succeeded.
+        error: why it failed, in words.
+    """
 
     image: str
     ok: bool
