@@ -41,7 +41,7 @@ def shorten(text: str, limit: int = CELL_CHARS) -> str:
 def last_lines(text: str, lines: int = OUTPUT_LINES, width: int = CELL_CHARS) -> str:
     """The last `lines` lines of `text` as a terminal shows them (no ANSI escapes,
     carriage returns resolved), each cut to `width`, after a line saying how many
-    came before. Reads only the end of `text`, however long it is."""
+    came before. Cheap on long output: only the tail is split and cleaned."""
     text = text.rstrip("\n")
     if not text:
         return ""
