@@ -57,10 +57,15 @@ class JobManager:
     """Runs jobs as containers on a set of hosts and keeps their records.
 
     Use it as an async context manager; it owns one task group, and no task it starts
-    outlives it::
+    outlives it:
 
-        async with JobManager() as manager:
-            job = await manager.run(JobSpec(image="alpine", command="echo hi"))
+    ```python
+    async with JobManager() as manager:
+        job = await manager.run(JobSpec(image="alpine", command="echo hi"))
+    ```
+
+    Where one block cannot hold it (Jupyter cells, start-up and shutdown hooks that
+    run in different tasks), await `start` and `close` instead.
 
     Args:
         hosts: where jobs run. `None` means ``[DockerHost.from_env()]``; an empty list
