@@ -1,19 +1,21 @@
 """The exception tree of containerjobs.
 
-Every error the library raises on purpose derives from `ContainerJobsError`::
+Every error the library raises on purpose derives from `ContainerJobsError`:
 
-    ContainerJobsError
-    ├── InvalidJobSpec        (also ValueError)  a spec that cannot be run as written
-    ├── PolicyViolation       (also ValueError)  a spec the security policy refuses
-    ├── TemplateNotFound      (also KeyError)    an unknown environment template
-    ├── JobNotFound           (also KeyError)    an unknown job id
-    ├── SecretNotFound        (also KeyError)    a secret the launching manager cannot resolve
-    ├── HostUnavailable                          a Docker host that cannot be reached
-    ├── NoWorkerAvailable                        nothing can run a job that is waited for
-    ├── ExecutorError                            the engine refused or failed an operation
-    │   ├── ImageNotFound                        an image that is absent and may not be pulled
-    │   └── Unschedulable                        no node can take the job now (Swarm)
-    └── StorageError                             the job store failed
+```text
+ContainerJobsError
+├── InvalidJobSpec        (also ValueError)  a spec that cannot be run as written
+├── PolicyViolation       (also ValueError)  a spec the security policy refuses
+├── TemplateNotFound      (also KeyError)    an unknown environment template
+├── JobNotFound           (also KeyError)    an unknown job id
+├── SecretNotFound        (also KeyError)    a secret the launching manager cannot resolve
+├── HostUnavailable                          a Docker host that cannot be reached
+├── NoWorkerAvailable                        nothing can run a job that is waited for
+├── ExecutorError                            the engine refused or failed an operation
+│   ├── ImageNotFound                        an image that is absent and may not be pulled
+│   └── Unschedulable                        no node can take the job now (Swarm)
+└── StorageError                             the job store failed
+```
 
 Backends translate their driver's exceptions into these with ``raise ... from exc``,
 so the original error stays reachable as ``__cause__``.
