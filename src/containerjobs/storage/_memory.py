@@ -56,6 +56,23 @@ class _Log:
 
 
 class InMemoryStorage:
+    """A job store in this process's memory: what `JobManager` uses when given none.
+
+    It needs nothing and costs little, but it serves one manager and lives as long as
+    the process (it is not `persistent`). Its records stay after the manager closes,
+    for a script to read. A manager on it cancels its running jobs when it closes
+    (``on_exit`` is ``"cancel"`` by default); a process that ends without closing it
+    (a crash, ``kill -9``, a restarted Jupyter kernel) leaves their containers behind,
+    and no later manager adopts or removes them, as their records went with the
+    process. Use `SQLiteStorage` (or `PostgresStorage`) for jobs that should survive
+    the process, and for workers in other processes.
+
+    ```python
+    async with JobManager(storage=InMemoryStorage()) as manager:  # the default
+        ...
+    ```
+    """
+
     # Every method does its reading and writing with no await in between: on one
     # event loop that makes each call atomic with no lock. Each method starts with a
     # checkpoint so it still yields (and can be cancelled) like a real store does,
