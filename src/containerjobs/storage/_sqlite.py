@@ -244,6 +244,28 @@ def _job_columns(job: Job) -> tuple[Any, ...]:
 
 
 class SQLiteStorage:
+    """A job store in one SQLite file, shared by the managers of one machine.
+
+    The file is created on first `open` (its folder must exist, `StorageError`
+    otherwise), and its schema is versioned and migrated as it opens. It runs in WAL
+    mode, so readers and the writer do not block each other. Several managers, in
+    several processes on the same machine, may share the file: claiming a job is
+    atomic, each host's ``max_concurrent_jobs`` holds across all of them, and the
+    running jobs of a manager that died are adopted by another once its lease runs
+    out. Leaving ``async with`` detaches the jobs still running (``on_exit`` is
+    ``"detach"`` by default), for the next manager on the file to adopt. Do not put
+    the file on a network file system: WAL needs every user on one machine.
+
+    ```python
+    async with JobManager(storage=SQLiteStorage("/srv/jobs.db")) as manager:
+        ...
+    ```
+
+    Args:
+        path: the file's path (``":memory:"`` for a private database that lives as
+            long as the store is open).
+    """
+
     # One aiosqlite connection (one worker thread) per store object. Many tasks share
     # it, so every use of it holds `_lock`: otherwise a task's statement could land
     # inside another task's open transaction and be rolled back with it. The lock
