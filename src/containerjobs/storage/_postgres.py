@@ -242,10 +242,12 @@ class PostgresStorage:
     **Changes (an optional capability).** Every job write (create, compare-and-set,
     claim) sends ``pg_notify('containerjobs_jobs', '<job id> <status> <previous status
     or ->')`` in its own transaction (the channel is ``containerjobs_jobs_<schema>``
-    for a schema other than ``containerjobs``). `changes` follows them::
+    for a schema other than ``containerjobs``). `changes` follows them:
 
-        async for job_id, status, previous in store.changes():
-            ...
+    ```python
+    async for job_id, status, previous in store.changes():
+        ...
+    ```
 
     It listens on a connection of its own, ends when the store closes, and connects
     again when the server restarts; changes made while it was disconnected are not
