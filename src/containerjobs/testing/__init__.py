@@ -1,15 +1,17 @@
 """A fake container engine, for testing code that uses containerjobs without Docker.
 
 Hand a `FakeCluster` to the manager as its executor factory; every host then runs
-jobs in memory, as the behaviour you give says::
+jobs in memory, as the behaviour you give says:
 
-    from containerjobs.testing import FakeCluster, FakeRun
+```python
+from containerjobs.testing import FakeCluster, FakeRun
 
-    cluster = FakeCluster(lambda job: FakeRun(stdout="hi\\n"))
-    async with JobManager(hosts=[DockerHost("a", "unix:///fake")],
-                          executor_factory=cluster) as manager:
-        job = await manager.run(JobSpec(image="alpine", command="anything"))
-        assert job.stdout == "hi\\n"
+cluster = FakeCluster(lambda job: FakeRun(stdout="hi\\n"))
+async with JobManager(hosts=[DockerHost("a", "unix:///fake")],
+                      executor_factory=cluster) as manager:
+    job = await manager.run(JobSpec(image="alpine", command="anything"))
+    assert job.stdout == "hi\\n"
+```
 
 The fake honours the manager's side of the contract (timeouts kill, cancel kills,
 logs end when the container exits, labels are kept) so the manager behaves as it
