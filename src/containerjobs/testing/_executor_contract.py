@@ -1,15 +1,17 @@
 """`ExecutorContract`: what the manager expects of every executor, as tests.
 
 Subclass it in a test module with a way to make your executor, and pytest runs the
-whole suite against it::
+whole suite against it:
 
-    from containerjobs.testing import ExecutorContract
+```python
+from containerjobs.testing import ExecutorContract
 
-    class TestMyEngine(ExecutorContract):
-        image = "busybox:latest"      # an image the engine has, with /bin/sh
+class TestMyEngine(ExecutorContract):
+    image = "busybox:latest"      # an image the engine has, with /bin/sh
 
-        async def make_executor(self) -> Executor:
-            return MyExecutor(MyHost("test", ...))
+    async def make_executor(self) -> Executor:
+        return MyExecutor(MyHost("test", ...))
+```
 
 The jobs the suite runs are small shell programs (``printf``, ``sleep``, ``exit``),
 written by `program`; an engine that cannot run a shell (a fake) overrides `program`
