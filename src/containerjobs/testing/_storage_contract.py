@@ -250,22 +250,24 @@ class StorageContract:
     """The behaviour suite of the `Storage` protocol: subclass it to test a backend.
 
     A subclass says how to make the store, and what it can do; every test of the
-    contract then runs against it. Name it ``Test...`` so that pytest collects it::
+    contract then runs against it. Name it ``Test...`` so that pytest collects it:
 
-        from pathlib import Path
+    ```python
+    from pathlib import Path
 
-        from containerjobs.testing import StorageContract
+    from containerjobs.testing import StorageContract
 
 
-        class TestMyStorage(StorageContract):
-            persistent = True
-            shared_across_processes = True
+    class TestMyStorage(StorageContract):
+        persistent = True
+        shared_across_processes = True
 
-            async def make_storage(self, folder: Path) -> MyStorage:
-                return MyStorage(folder / "jobs.db")
+        async def make_storage(self, folder: Path) -> MyStorage:
+            return MyStorage(folder / "jobs.db")
 
-            async def make_shared(self, folder: Path, count: int) -> list[MyStorage]:
-                return [MyStorage(folder / "jobs.db") for _ in range(count)]
+        async def make_shared(self, folder: Path, count: int) -> list[MyStorage]:
+            return [MyStorage(folder / "jobs.db") for _ in range(count)]
+    ```
 
     The tests are coroutines that use no async fixture, so any async pytest plugin
     runs them: pytest-asyncio in auto mode as they are, in strict mode with
