@@ -48,6 +48,16 @@ class Secret:
     (``JobManager(secrets=...)``) and the container gets the value, which is masked
     as ``***`` wherever the job prints it. In an environment template, write
     ``KEY=${secret:NAME}``.
+
+    ```python
+    spec = JobSpec("alpine:3.18", "deploy", environment={"TOKEN": Secret("api-token")})
+    async with JobManager(secrets=FileSecrets("/run/secrets")) as manager:
+        await manager.run(spec)  # TOKEN holds the file /run/secrets/api-token
+    ```
+
+    Attributes:
+        name: the secret's name: letters, digits, ``_``, ``.`` and ``-`` (not
+            first), at most 255 characters.
     """
 
     name: str = attrs.field(validator=_check_name)
@@ -83,7 +93,11 @@ class SecretSource(Protocol):
 @attrs.frozen
 class EnvSecrets:
     """Secrets from the manager process's own environment: secret ``NAME`` is the
-    variable ``prefix + NAME``."""
+    variable ``prefix + NAME``.
+
+    Attributes:
+        prefix: put before a secret's name to make the variable's.
+    """
 
     prefix: str = ""
 
@@ -102,7 +116,11 @@ class EnvSecrets:
 class FileSecrets:
     """Secrets as files, one per secret, named after it, as Docker (``/run/secrets``)
     and Kubernetes mount them. One newline at the end of a file is not part of the
-    value (``echo`` adds one)."""
+    value (``echo`` adds one).
+
+    Attributes:
+        directory: the folder that holds the files.
+    """
 
     directory: Path = attrs.field(converter=Path)
 
