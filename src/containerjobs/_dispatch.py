@@ -19,13 +19,20 @@ from ._models import Job
 
 @attrs.frozen
 class HostLoad:
-    """A candidate host and how busy it is right now."""
+    """A candidate host and how busy it is right now.
+
+    Attributes:
+        host: the host.
+        running: jobs launching or running on it now, across every manager of the
+            store.
+    """
 
     host: Host
     running: int
 
     @property
     def free(self) -> int:
+        """Slots left: its ``max_concurrent_jobs`` less `running`."""
         return self.host.max_concurrent_jobs - self.running
 
     @property
