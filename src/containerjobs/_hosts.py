@@ -113,7 +113,15 @@ def takes_placement(host: Host) -> bool:
 
 @attrs.frozen(repr=False)
 class RegistryAuth:
-    """Credentials for one image registry. The password never appears in a repr."""
+    """Credentials for one image registry. The password never appears in a repr.
+
+    `DockerHost` and `SwarmHost` take them per registry host:
+    ``registry_auth={"registry.example:5000": RegistryAuth("ci", token)}``.
+
+    Attributes:
+        username: the registry user.
+        password: their password or token.
+    """
 
     username: str
     password: str
