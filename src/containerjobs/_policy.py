@@ -72,6 +72,39 @@ class SecurityPolicy:
     `default_network_mode` is the `JobSpec.network_mode` of a job that names neither
     a mode nor `networks`: ``"none"`` keeps every such job off the network unless its
     spec asks for ``"bridge"``.
+
+    ```python
+    policy = SecurityPolicy(max_memory_mb=8192, allowed_mount_sources=["/srv/data"])
+    async with JobManager(policy=policy) as manager:
+        ...
+    ```
+
+    Attributes:
+        max_memory_mb: the most memory a spec may ask for, in MB.
+        default_memory_mb: the memory limit of a spec that sets none, in MB.
+        max_cpu: the most CPU a spec may ask for, in cores.
+        default_cpu: the CPU limit of a spec that sets none, in cores.
+        max_timeout_seconds: the longest timeout a spec may ask for.
+        default_timeout_seconds: the timeout of a spec that sets none.
+        max_retries: the most `JobSpec.max_retries` may ask for.
+        max_environment_bytes: the job's environment at most, its template included.
+        default_user: the user a job runs as when its spec names none.
+        allow_root: let a job run as uid 0, gid 0 or ``root``; refused in every
+            spelling unless set.
+        read_only_root: make the container's root file system read-only.
+        tmpfs_size_mb: the size of the writable tmpfs at ``/tmp`` (with
+            `read_only_root`).
+        drop_capabilities: drop every Linux capability.
+        no_new_privileges: forbid gaining privileges (setuid binaries included).
+        pids_limit: processes and threads in the container at most; `None` for no
+            limit.
+        default_network_mode: as above; `None` is the engine's default bridge.
+        allowed_registries: the registries images may come from (``"docker.io"``
+            for Docker Hub); `None` allows any, an empty list none.
+        allowed_mount_sources: the host folders `Mount` sources must lie in; none
+            by default, so no bind mounts at all.
+        allow_unenforced: hardening settings (named as in
+            `containerjobs.executors.UNENFORCEABLE`) an engine may leave unenforced.
     """
 
     max_memory_mb: int = 2048
