@@ -12,7 +12,20 @@ from ._models import JobEvent
 
 
 class EventStream:
-    """The status changes of `JobManager.events`, subscribed when it was made."""
+    """The status changes of `JobManager.events`, subscribed when it was made.
+
+    An async iterator of `JobEvent`, and an async context manager that closes it:
+
+    ```python
+    async with manager.events() as events:
+        async for event in events:
+            print(event.job_id, event.previous, "->", event.status)
+    ```
+
+    It ends when the manager closes. Closing it early (leaving the ``async with``,
+    `aclose`) stops the flow of events to it; a loop left with ``break`` stops it too,
+    once the stream is garbage collected.
+    """
 
     def __init__(
         self, receive: MemoryObjectReceiveStream[JobEvent], unsubscribe: Callable[[], None]
@@ -31,9 +44,11 @@ class EventStream:
             raise StopAsyncIteration from None
 
     async def aclose(self) -> None:
+        """Stop receiving events; the iteration ends."""
         self.close()
 
     def close(self) -> None:
+        """`aclose`, for code that cannot await."""
         self._unsubscribe()
         self._receive.close()
 
