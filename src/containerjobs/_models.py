@@ -36,7 +36,23 @@ def utcnow() -> datetime:
 
 
 class JobStatus(enum.StrEnum):
-    """Where a job is in its life. Terminal statuses never change again."""
+    """Where a job is in its life. Terminal statuses never change again.
+
+    A `str` enum: ``JobStatus.COMPLETED == "completed"``.
+
+    Attributes:
+        PENDING: stored, waiting for a free slot on a healthy host (or for its retry
+            delay).
+        LAUNCHING: claimed by a manager for a host; the image is pulled if need be and
+            the container created and started.
+        RUNNING: the container runs; its logs and resource readings flow.
+        COMPLETED: the container exited with code 0.
+        FAILED: another exit code, an OOM kill, a launch that failed, or a container
+            lost on the way (with retries left, a failed attempt goes back to
+            ``pending`` instead).
+        TIMEOUT: killed when ``timeout_seconds`` ran out.
+        CANCELLED: cancelled by `JobManager.cancel`, or by a manager shutting down.
+    """
 
     PENDING = "pending"
     LAUNCHING = "launching"
@@ -618,7 +634,7 @@ class JobEvent:
         job_id: the job that changed.
         status: its new status.
         previous: its status before, `None` for a job just submitted.
-        at: when the change was stored (aware, UTC).
+        at: when this manager learnt of the change (aware, UTC).
     """
 
     job_id: str
