@@ -1,22 +1,5 @@
-"""`ExecutorContract`: what the manager expects of every executor, as tests.
-
-Subclass it in a test module with a way to make your executor, and pytest runs the
-whole suite against it:
-
-```python
-from containerjobs.testing import ExecutorContract
-
-class TestMyEngine(ExecutorContract):
-    image = "busybox:latest"      # an image the engine has, with /bin/sh
-
-    async def make_executor(self) -> Executor:
-        return MyExecutor(MyHost("test", ...))
-```
-
-The jobs the suite runs are small shell programs (``printf``, ``sleep``, ``exit``),
-written by `program`; an engine that cannot run a shell (a fake) overrides `program`
-to encode what the job should do in a form it understands.
-"""
+"""`ExecutorContract`: what the manager expects of every executor, as tests (see
+the class for how to use it)."""
 
 from __future__ import annotations
 
@@ -46,7 +29,26 @@ def _quote(text: str) -> str:
 
 
 class ExecutorContract:
-    """The behaviour checks every executor passes. Subclass, and set:
+    """The behaviour checks every executor passes.
+
+    Subclass it in a test module with a way to make your executor, and pytest runs the
+    whole suite against it:
+
+    ```python
+    from containerjobs.testing import ExecutorContract
+
+    class TestMyEngine(ExecutorContract):
+        image = "busybox:latest"      # an image the engine has, with /bin/sh
+
+        async def make_executor(self) -> Executor:
+            return MyExecutor(MyHost("test", ...))
+    ```
+
+    The jobs the suite runs are small shell programs (``printf``, ``sleep``, ``exit``),
+    written by `program`; an engine that cannot run a shell (a fake) overrides
+    `program` to encode what the job should do in a form it understands.
+
+    Set, in the subclass:
 
     Attributes:
         image: an image the engine has (or can pull), able to run `program`'s output.
