@@ -143,3 +143,10 @@ def test_docstring_examples_are_highlighted_code(reference: dict[str, str]) -> N
     blocks = re.findall(r'<div class="highlight">(.*?)</div>', manager, flags=re.S)
     assert any('<span class="k">async</span>' in block for block in blocks)
 
+
+def test_the_get_started_pages_say_what_a_new_user_needs(site: Path) -> None:
+    notebook = (site / "notebook" / "index.html").read_text(encoding="utf-8")
+    assert "RuntimeError: Already running asyncio in this thread" in notebook
+    faq = _Headings()
+    faq.feed((site / "faq" / "index.html").read_text(encoding="utf-8"))
+    assert "pending" in faq.headings[0][1].lower(), faq.headings[:1]
