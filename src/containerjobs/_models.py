@@ -539,7 +539,9 @@ class Job:
             full core.
         oom_killed: the memory limit killed it (it ends ``failed``).
         error: why it did not complete, in words (``"exited with code 3"``,
-            ``"timed out after 2 s; the container was killed"``, ...).
+            ``"timed out after 2 s; the container was killed"``, ...); for a pending
+            job that a worker cannot place, why it waits (``"waiting for a host
+            (worker cjm-…): ..."``).
         attempts: how many times it has been claimed for a launch, this one
             included.
         logs_truncated: its output passed the manager's ``max_log_bytes``, and the
