@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from datetime import timedelta
 from typing import Literal, Self
@@ -420,7 +420,9 @@ class JobManager:
                 else:
                     status = told
 
-    async def logs(self, job_id: str, *, follow: bool = True) -> AsyncIterator[LogLine]:
+    async def logs(
+        self, job_id: str, *, follow: bool = True
+    ) -> AsyncGenerator[LogLine, None]:
         """The job's output lines, both streams in the order written.
 
         With `follow`, lines come as they are printed and the iterator ends when the
