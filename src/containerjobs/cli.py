@@ -372,10 +372,10 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 class _ReportedHere(logging.Filter):
     """Drops the library's word on what the command itself reports, once, better: a
-    job that could not start, a host that does not answer (a worker, which runs on
-    while its hosts come and go, keeps them)."""
+    spec the policy refuses, a job that could not start, a host that does not answer
+    (a worker, which runs on while jobs and hosts come and go, keeps them)."""
 
-    events = frozenset({"job.launch_failed", "host.unhealthy"})
+    events = frozenset({"security.refused", "job.launch_failed", "host.unhealthy"})
 
     def filter(self, record: logging.LogRecord) -> bool:
         return getattr(record, "event", None) not in self.events
