@@ -269,7 +269,7 @@ def _parser() -> argparse.ArgumentParser:
         "--on-host", metavar="NAME", help="run it only on the workers' host of this name"
     )
     submit.add_argument(
-        "--priority", type=int, default=0, help="higher runs first (default: 0)"
+        "--priority", type=int, default=0, metavar="N", help="higher runs first (default: 0)"
     )
     submit.add_argument(
         "--retries", type=int, default=0, metavar="N", help="attempts after a failed one"
