@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 import containerjobs as cj
@@ -170,4 +169,3 @@ async def test_a_live_reader_on_the_real_daemon_gets_every_line_and_the_store_on
         table = "log_chunks" if "log_chunks" in tables else "logs"
         rows = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
     assert rows <= len(after) // 100 + 10
-    await anyio.sleep(0)
