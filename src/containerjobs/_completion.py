@@ -194,7 +194,9 @@ complete -F _containerjobs containerjobs
 
 def _zsh_quote(text: str) -> str:
     # Inside '...' for _arguments: no quote, and no bracket or colon of its syntax.
-    return text.replace("'", "").replace("[", "(").replace("]", ")").replace(":", r"\:")
+    return (
+        text.replace("'", "'\\''").replace("[", "(").replace("]", ")").replace(":", r"\:")
+    )
 
 
 def _zsh_arguments(command: _Command) -> list[str]:
@@ -212,7 +214,8 @@ def _zsh_arguments(command: _Command) -> list[str]:
         exclusive = f"({' '.join(names)})" if len(names) > 1 else ""
         target = "{" + ",".join(names) + "}" if len(names) > 1 else names[0]
         repeat = "*" if option.help and "repeatable" in option.help else ""
-        specs.append(f"'{repeat or exclusive}'{target}'[{_zsh_quote(option.help)}]{action}'")
+        prefix = f"'{repeat or exclusive}'" if repeat or exclusive else ""
+        specs.append(f"{prefix}{target}'[{_zsh_quote(option.help)}]{action}'")
     for index, positional in enumerate(command.positionals, start=1):
         if positional.dest in _JOB_DESTS:
             action = "_containerjobs_ids"
