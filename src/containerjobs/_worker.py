@@ -278,8 +278,14 @@ class Worker:
                 writer = job.error[len(f"{_WAITING} (worker ") :].split("): ", 1)[0]
                 if writer in live:
                     continue
+            # Written over the record as it is now, not as listed: a write checks only
+            # status and owner, and the job may have gone round to pending again
+            # since (claimed, then requeued), with more attempts on record.
+            current = await self._storage.get(job.id)
+            if (current.status, current.owner, current.error) != (job.status, None, job.error):
+                continue  # it moved meanwhile: the next round looks again
             try:
-                await self._board.move(job, attrs.evolve(job, error=want))
+                await self._board.move(current, attrs.evolve(current, error=want))
             except LostRace:
                 continue  # claimed or cancelled meanwhile
             if want is not None:
