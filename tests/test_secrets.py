@@ -380,7 +380,7 @@ def test_the_cli_takes_a_secret_by_name_and_never_shows_it(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "token: ***\n" and VALUE not in done.stderr
-    job_id = subprocess.run([*command, "jobs", "--db", str(db)], capture_output=True,
+    job_id = subprocess.run([*command, "jobs", "-q", "--db", str(db)], capture_output=True,
                             text=True, timeout=60).stdout.split()[0]
     shown = subprocess.run([*command, "show", job_id, "--db", str(db)], capture_output=True,
                            text=True, timeout=60).stdout

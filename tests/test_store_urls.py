@@ -46,9 +46,15 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 def test_the_cli_takes_the_store_from_its_variable_when_db_is_absent(tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
-    done = _cli("jobs", env={"CONTAINERJOBS_DB": f"sqlite://{db}"})
-    assert done.returncode == 0, done.stderr
-    assert db.exists()  # the store it named was opened (and made)
+    env = {"CONTAINERJOBS_DB": f"sqlite://{db}"}
+    # A read command names the store it was given, and does not make it.
+    done = _cli("jobs", env=env)
+    assert done.returncode == 2 and f"no job store at {str(db)!r}" in done.stderr
+    assert not db.exists()
+    submitted = _cli("submit", "example/image:1", env=env)  # submit makes it
+    assert submitted.returncode == 0, submitted.stderr
+    done = _cli("jobs", "-q", env=env)
+    assert done.returncode == 0 and done.stdout == submitted.stdout
     missing = _cli("jobs", env={"CONTAINERJOBS_DB": ""})
     assert missing.returncode == 2 and "CONTAINERJOBS_DB" in missing.stderr
 
