@@ -100,8 +100,8 @@ class _Text:
             self._packed.append("".join(self._pieces))
             self._pieces.clear()
 
-    def __str__(self) -> str:
-        return "".join(self._packed) + "".join(self._pieces)
+    def parts(self) -> list[str]:
+        return [*self._packed, *self._pieces]
 
 
 @attrs.define
@@ -197,11 +197,13 @@ class _Tail:
     def first_stamp(self) -> float | None:
         return self._blocks[0].stamps[self._blocks[0].start] if self._blocks else None
 
-    def text(self) -> str:
-        return "".join(
-            block.line(block.start) + block.text[block.ends[block.start] :]
-            for block in self._blocks
-        )
+    def parts(self) -> list[str]:
+        """The tail's text, in pieces (a slice of each block: one copy, no more)."""
+        parts = []
+        for block in self._blocks:
+            begin = (block.ends[block.start - 1] if block.start else 0) + block.skip
+            parts.append(block.text[begin:] if begin else block.text)
+        return parts
 
     def lines(self, stream: Stream) -> Iterator[OutputLine]:
         for block in self._blocks:
@@ -282,14 +284,15 @@ class _Kept:
 
     def text(self, cap: int) -> str:
         """All that is kept of the stream, as written, with the marker in its place."""
-        text = str(self.written)
+        # One join: the text of a capped stream is megabytes, made once.
+        parts = self.written.parts()
         if self.cut is not None:
-            text += self.cut.line.text
+            parts.append(self.cut.line.text)
             if self.tail.dropped:
-                text += "\n"  # the marker stands on a line of its own
+                parts.append("\n")  # the marker stands on a line of its own
         if self.tail.dropped:
-            text += self.marker(cap) + "\n"
-        return text + self.tail.text()
+            parts.append(self.marker(cap) + "\n")
+        return "".join(parts + self.tail.parts())
 
 
 @attrs.define

@@ -27,7 +27,7 @@ _FLUSH_LINES = 500  # a flush at least every this many lines (and every 0.25 s)
 # The ring of live lines holds at most this many lines and this many characters:
 # enough for a reader in this process to keep up with a job printing as fast as the
 # engine delivers; a few megabytes whatever the lines.
-_RING_LINES = 50_000
+_RING_LINES = 20_000
 _RING_CHARS = 4 << 20
 
 

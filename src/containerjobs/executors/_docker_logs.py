@@ -17,11 +17,13 @@ from __future__ import annotations
 import bisect
 import codecs
 import struct
+from array import array
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
+import anyio.lowlevel
 
 from .._errors import ExecutorError
 from .._models import LogLine, Stream
@@ -112,7 +114,9 @@ class _Position:
     """
 
     def __init__(self) -> None:
-        self._stamps: list[int] = []  # stamps read, sorted, from index _start on
+        # Stamps read, sorted, from index _start on: a second's worth of frames, as
+        # 8-byte integers rather than int objects.
+        self._stamps = array("q")
         self._start = 0
 
     def add(self, ns: int) -> None:
@@ -230,6 +234,10 @@ class DockerLogReader:
             while chunk := await content.read(_READ_SIZE):
                 buffer = buffer + chunk if buffer else chunk
                 buffer = buffer[self._frames(buffer, sink) :]
+                # A read of what is buffered already returns without giving way: with
+                # the engine ahead of us, the flush and the live readers would starve
+                # (and the lines waiting for them pile up) until the job ended.
+                await anyio.lowlevel.checkpoint()
         if buffer:
             # A frame cut in half is an error, never a short line: the caller reads again.
             raise ExecutorError(f"the log stream of container {self._container} was cut mid-frame")
