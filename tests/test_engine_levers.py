@@ -5,6 +5,7 @@ real dockerd, where scripts/testbed registers runsc and crun."""
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import AsyncIterator
 
 import attrs
@@ -22,9 +23,19 @@ INTERFACES = "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort"
 
 def gateway(bed: Bed) -> str:
     """The default bridge's gateway: the host, as a bridged container sees it."""
-    return bed.docker(
+    named = bed.docker(
         "network", "inspect", "bridge", "--format", "{{(index .IPAM.Config 0).Gateway}}"
     ).strip()
+    if named:
+        return named
+    # A daemon that found its bridge already there records no gateway in its IPAM
+    # config: the bridge's own address is the gateway then.
+    name = '{{index .Options "com.docker.network.bridge.name"}}'
+    bridge = bed.docker("network", "inspect", "bridge", "--format", name).strip() or "docker0"
+    shown = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", bridge], capture_output=True, text=True, check=True
+    ).stdout
+    return shown.split(" inet ")[1].split("/")[0]
 
 
 def cgroup_hybrid() -> bool:
