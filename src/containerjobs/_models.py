@@ -531,8 +531,12 @@ class Job:
         started_at: when its container started.
         completed_at: when it reached a terminal status.
         stdout: all of its standard output, once it has ended (`JobManager.logs`
-            follows it live).
+            follows it live). A job from `JobManager.list_jobs` has its output left
+            out (`output_loaded` is False): reading it raises `ContainerJobsError`
+            rather than pass for a job that printed nothing; `JobManager.get` reads it.
         stderr: all of its standard error, likewise.
+        output_loaded: whether `stdout` and `stderr` were read with the record: True
+            for a job from `get`, `wait` or `run`, False for one from `list_jobs`.
         max_memory_bytes: the peak memory use read while it ran; `None` when it
             ended before the first reading.
         cpu_usage_percent: its average CPU use between the readings, 100 being one
@@ -565,8 +569,10 @@ class Job:
     created_at: datetime = attrs.field(factory=utcnow)
     started_at: datetime | None = None
     completed_at: datetime | None = None
-    stdout: str = ""
-    stderr: str = ""
+    # None: left out by a listing (see the stdout property). Private, so that no one
+    # reads None for "printed nothing"; `stdout=` and `stderr=` as keywords all the same.
+    _stdout: str | None = attrs.field(default="", alias="stdout")
+    _stderr: str | None = attrs.field(default="", alias="stderr")
     max_memory_bytes: int | None = None
     cpu_usage_percent: float | None = None
     oom_killed: bool = False
@@ -585,6 +591,30 @@ class Job:
         if self.started_at is None or self.completed_at is None:
             return None
         return (self.completed_at - self.started_at).total_seconds()
+
+    @property
+    def stdout(self) -> str:
+        """All of its standard output; `ContainerJobsError` when not loaded."""
+        return self._output("stdout", self._stdout)
+
+    @property
+    def stderr(self) -> str:
+        """All of its standard error; `ContainerJobsError` when not loaded."""
+        return self._output("stderr", self._stderr)
+
+    @property
+    def output_loaded(self) -> bool:
+        """Whether `stdout` and `stderr` were read with the record (not by `list_jobs`)."""
+        return self._stdout is not None and self._stderr is not None
+
+    def _output(self, stream: str, text: str | None) -> str:
+        if text is None:
+            raise ContainerJobsError(
+                f"job {self.id}'s {stream} is not loaded: a listing (list_jobs, "
+                f"Storage.list) leaves output out to stay light; read the job with "
+                f"`await manager.get({self.id!r})` for its output"
+            )
+        return text
 
     @cached_property
     def clean_output(self) -> str:
