@@ -194,6 +194,10 @@ class _Tail:
             if block.start == len(block.ends):
                 self._blocks.popleft()
 
+    def release(self) -> None:
+        """Let the lines go, keeping the counts (once all is stored and joined)."""
+        self._blocks.clear()
+
     def first_stamp(self) -> float | None:
         return self._blocks[0].stamps[self._blocks[0].start] if self._blocks else None
 
@@ -226,6 +230,7 @@ class _Kept:
     written: _Text = attrs.Factory(_Text)
     head_full: bool = False
     cut: OutputLine | None = None  # the start of the line the head ends in
+    final: str | None = None  # the whole text, once asked for at the end
 
     def add(self, item: OutputLine) -> LogLine | None:
         text = item.line.text
@@ -284,7 +289,10 @@ class _Kept:
 
     def text(self, cap: int) -> str:
         """All that is kept of the stream, as written, with the marker in its place."""
-        # One join: the text of a capped stream is megabytes, made once.
+        if self.final is not None:
+            return self.final
+        # One join: the text of a capped stream is megabytes, made once; what it is
+        # made from is let go at once (the job's record is written next).
         parts = self.written.parts()
         if self.cut is not None:
             parts.append(self.cut.line.text)
@@ -292,7 +300,10 @@ class _Kept:
                 parts.append("\n")  # the marker stands on a line of its own
         if self.tail.dropped:
             parts.append(self.marker(cap) + "\n")
-        return "".join(parts + self.tail.parts())
+        self.final = "".join(parts + self.tail.parts())
+        self.written = _Text()
+        self.tail.release()
+        return self.final
 
 
 @attrs.define
