@@ -66,11 +66,13 @@ def command_text(command: str | tuple[str, ...] | None) -> str:
 
 def job_repr(job: Job) -> str:
     """``Job(id='…', status=completed, host='local', exit_code=0)``: never output,
-    never the spec (and so never an environment value)."""
+    never the spec (and so never an environment value). A listed job, whose output
+    was not read, says so."""
     name = f", name={shorten(job.name, 40)!r}" if job.name else ""
+    unloaded = "" if job.output_loaded else ", output not loaded"
     return (
         f"Job(id={job.id!r}{name}, status={job.status}, host={job.host!r}, "
-        f"exit_code={job.exit_code!r})"
+        f"exit_code={job.exit_code!r}{unloaded})"
     )
 
 
@@ -135,10 +137,15 @@ def job_html(job: Job) -> str:
         fields.append(("environment", _e(shorten(", ".join(spec.environment)))))
     if job.error:
         fields.append(("error", _pre(shorten(job.error, 4 * CELL_CHARS))))
-    for stream in ("stdout", "stderr"):
-        text: str = getattr(job, stream)
-        if text:
-            fields.append((stream, _pre(last_lines(text))))
+    if not job.output_loaded:
+        # A job from list_jobs: its output was not read (an empty one would pass for
+        # a job that printed nothing).
+        fields.append(("output", _e(f"not loaded: await manager.get({job.id!r}) reads it")))
+    else:
+        for stream in ("stdout", "stderr"):
+            text: str = getattr(job, stream)
+            if text:
+                fields.append((stream, _pre(last_lines(text))))
     rows = (
         f'<tr><th style="text-align:left">{name}</th><td style="text-align:left">{value}</td></tr>'
         for name, value in fields
