@@ -123,7 +123,8 @@ def test_each_field_of_a_record_has_a_line(reference: dict[str, str], cls: type)
     # Each row of its Attributes table: the field's name in the first cell.
     cells = re.findall(r"<tr[^>]*>\s*<td>(.*?)</td>", section, flags=re.S)
     named = {re.sub(r"<[^>]+>", "", cell).strip() for cell in cells}
-    missing = [field.name for field in attrs.fields(cls) if field.name not in named]
+    # By the name a user knows it by: a private field's alias (Job's _stdout is stdout).
+    missing = [field.alias for field in attrs.fields(cls) if field.alias not in named]
     assert not missing, f"{cls.__name__}'s fields without a line in the reference: {missing}"
 
 
