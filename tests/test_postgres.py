@@ -20,16 +20,25 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import anyio.abc
 import asyncpg
+import attrs
 import pytest
 
 import containerjobs as cj
 from containerjobs._errors import StorageError
 from containerjobs._models import JobStatus
-from containerjobs.storage import PostgresStorage, StoredLine
+from containerjobs.storage import PostgresStorage, StoredLine, dump_job
 from containerjobs.storage import _chunks as chunks_module
 from containerjobs.storage._postgres import _COLUMNS, MIGRATIONS, SCHEMA_VERSION, _job_columns
 from containerjobs.testing import StorageContract
-from containerjobs.testing._storage_contract import NOW, at, first, lines, make_job
+from containerjobs.testing._storage_contract import (
+    NOW,
+    at,
+    first,
+    full_job,
+    lines,
+    listed,
+    make_job,
+)
 
 from .conftest import TESTBED_ENV, _read_env
 from .test_log_chunks import seq_batches
@@ -644,9 +653,109 @@ async def test_version_1_lines_become_chunks_with_every_byte(database: str) -> N
             " ORDER BY job_id, first_seq"
         )
         assert await conn.fetchval("SELECT to_regclass('containerjobs.logs')") is None
-        assert await conn.fetchval("SELECT max(version) FROM containerjobs.schema_version") == 2
+        assert (
+            await conn.fetchval("SELECT max(version) FROM containerjobs.schema_version")
+            == SCHEMA_VERSION
+        )
     finally:
         await conn.close()
     assert [tuple(row) for row in chunks] == [
         ("j", 0, 500), ("j", 500, 1000), ("j", 1000, 1203), ("k", 0, 3), ("k", 3, 5)
     ]
+
+
+async def test_version_2_records_give_their_output_to_job_output(database: str) -> None:
+    # Up to version 2 a record held the job's output (NUL as \u0000, which no JSON
+    # operator of PostgreSQL reads); it moves to job_output, and reads return the jobs
+    # as they were.
+    loud = full_job("loud", ["run"])
+    odd = attrs.evolve(
+        make_job("odd", status=JobStatus.COMPLETED, created=1, completed=2),
+        stdout="nul\x00 \ud800 häßlich ✓\n",
+        cpu_usage_percent=float("inf"),
+    )
+    quiet = make_job("quiet", created=2)
+    conn = await asyncpg.connect(database)
+    try:
+        async with conn.transaction():
+            await conn.execute("CREATE SCHEMA containerjobs")
+            await conn.execute(
+                "CREATE TABLE containerjobs.schema_version (version integer PRIMARY KEY,"
+                " applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+            )
+            for version, statements in enumerate(MIGRATIONS[:2], start=1):
+                for step in statements:
+                    if isinstance(step, str):
+                        await conn.execute(step.format(s="containerjobs"))
+                    else:
+                        await step(conn, "containerjobs")
+                await conn.execute(
+                    "INSERT INTO containerjobs.schema_version (version) VALUES ($1)", version
+                )
+            for job in (loud, odd, quiet):
+                await conn.execute(
+                    f"INSERT INTO containerjobs.jobs (id, {', '.join(_COLUMNS)})"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    job.id,
+                    *_job_columns(job)[:-1],
+                    dump_job(job),  # the record as version 2 wrote it, output and all
+                )
+    finally:
+        await conn.close()
+    store = await opened(database)
+    try:
+        assert await store.get("loud") == loud
+        assert await store.get("odd") == odd
+        assert await store.get("quiet") == quiet
+        assert await store.list() == [listed(quiet), listed(loud), listed(odd)]
+    finally:
+        await store.close()
+    conn = await asyncpg.connect(database)
+    try:
+        records = dict(await conn.fetch("SELECT id, record FROM containerjobs.jobs"))
+        kept = await conn.fetch("SELECT job_id FROM containerjobs.job_output ORDER BY job_id")
+        version = await conn.fetchval("SELECT max(version) FROM containerjobs.schema_version")
+    finally:
+        await conn.close()
+    assert version == SCHEMA_VERSION == 3
+    assert [row[0] for row in kept] == ["loud", "odd"]  # a row only for a job with output
+    assert '"stdout"' not in records["loud"] and '"stdout"' not in records["odd"]
+
+
+async def test_a_write_that_keeps_the_output_leaves_its_row_alone(database: str) -> None:
+    # A row PostgreSQL writes gets a new xmin (and a new version of its TOAST): the
+    # output's row keeps its own through moves that leave the output as it is.
+    big = "".join(f"line {n:07}\n" for n in range(400_000))
+    job = attrs.evolve(make_job("j", status=JobStatus.RUNNING, host="h", owner="m"), stdout=big)
+    store = await opened(database)
+    try:
+        await store.create([job])
+        [seen] = await store.list()
+        conn = await asyncpg.connect(database)
+        try:
+
+            async def versions() -> tuple[str, str]:
+                row = await conn.fetchrow(
+                    "SELECT j.xmin::text, o.xmin::text FROM containerjobs.jobs AS j"
+                    " JOIN containerjobs.job_output AS o ON o.job_id = j.id WHERE j.id = 'j'"
+                )
+                return row[0], row[1]
+
+            before = await versions()
+            for new in (attrs.evolve(seen, error="listed"), attrs.evolve(job, error="same")):
+                assert await store.compare_and_set(
+                    new, expected=JobStatus.RUNNING, expected_owner="m"
+                )
+                after = await versions()
+                assert after[0] != before[0] and after[1] == before[1]
+                before = after
+            changed = attrs.evolve(job, stdout=big + "one more\n")
+            assert await store.compare_and_set(
+                changed, expected=JobStatus.RUNNING, expected_owner="m"
+            )
+            assert (await versions())[1] != before[1]
+            assert await store.get("j") == changed
+        finally:
+            await conn.close()
+    finally:
+        await store.close()

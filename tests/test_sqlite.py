@@ -106,7 +106,10 @@ async def test_a_file_being_born_is_waited_for_not_refused(tmp_path: Path) -> No
                 await creator.execute("BEGIN IMMEDIATE")
                 for statements in MIGRATIONS:
                     for statement in statements:
-                        await creator.execute(statement)
+                        if isinstance(statement, str):
+                            await creator.execute(statement)
+                        else:
+                            await statement(creator)
                 await creator.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 await creator.execute("COMMIT")
             rows = await creator.execute_fetchall("SELECT value FROM meta")

@@ -8,6 +8,7 @@ reopening it, its schema and migrations).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import sys
 import textwrap
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import aiosqlite
 import anyio
+import attrs
 import pytest
 
 from containerjobs._errors import StorageError
@@ -31,7 +33,15 @@ from containerjobs.storage import (
 )
 from containerjobs.storage._sqlite import MIGRATIONS, SCHEMA_VERSION
 from containerjobs.testing import StorageContract
-from containerjobs.testing._storage_contract import NOW, at, first, full_job, lines, make_job
+from containerjobs.testing._storage_contract import (
+    NOW,
+    at,
+    first,
+    full_job,
+    lines,
+    listed,
+    make_job,
+)
 
 from .strategies import T0
 
@@ -135,7 +145,7 @@ _V1_INSERT = (
 
 
 async def write_old_file(path: Path, version: int, jobs: list[Job]) -> None:
-    """A file as containerjobs wrote it at schema `version` (1 to 3), with `jobs`."""
+    """A file as containerjobs wrote it at schema `version` (1 to 4), with `jobs`."""
     async with aiosqlite.connect(path, isolation_level=None) as db:
         for statements in MIGRATIONS[:version]:
             for statement in statements:
@@ -169,7 +179,7 @@ async def test_sqlite_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> N
         await store.close()
     async with aiosqlite.connect(path) as db:
         (version,) = next(iter(await db.execute_fetchall("PRAGMA user_version")))
-    assert version == SCHEMA_VERSION == 4
+    assert version == SCHEMA_VERSION == 5
 
 
 async def test_sqlite_a_version_2_file_gains_the_queue_columns(tmp_path: Path) -> None:
@@ -254,10 +264,78 @@ async def test_sqlite_a_version_3_file_keeps_its_lines_as_chunks(tmp_path: Path)
         chunks = list(
             await db.execute_fetchall("SELECT job_id, first_seq, end_seq FROM log_chunks")
         )
-    assert version == 4
+    assert version == SCHEMA_VERSION
     assert "logs" not in tables
     # One chunk per old line, as the migration made them, then the one new chunk.
     assert chunks == [("j", 0, 1), ("j", 1, 2), ("j", 2, 3), ("j", 3, 4), ("j", 4, 5), ("j", 5, 7)]
+
+
+async def test_sqlite_a_version_4_file_moves_output_out_of_its_records(tmp_path: Path) -> None:
+    # Up to version 4 a record held the job's output; it moves to job_output, and
+    # reads return the jobs as they were.
+    path = tmp_path / "v4.db"
+    loud = full_job("loud", ["run"])
+    odd = attrs.evolve(
+        make_job("odd", status=JobStatus.COMPLETED, created=1, completed=2),
+        stdout="nul\x00 \ud800 häßlich ✓\n",
+        stderr="",
+        cpu_usage_percent=float("inf"),  # Python's json writes Infinity, SQLite's refuses it
+    )
+    quiet = make_job("quiet", created=2)
+    await write_old_file(path, 4, [loud, odd, quiet])
+    store = SQLiteStorage(path)
+    await store.open()
+    try:
+        assert await store.get("loud") == loud
+        assert await store.get("odd") == odd
+        assert await store.get("quiet") == quiet
+        assert await store.list() == [listed(quiet), listed(loud), listed(odd)]
+    finally:
+        await store.close()
+    async with aiosqlite.connect(path) as db:
+        (version,) = next(iter(await db.execute_fetchall("PRAGMA user_version")))
+        records = dict(await db.execute_fetchall("SELECT id, record FROM jobs"))
+        kept = [row[0] for row in await db.execute_fetchall("SELECT job_id FROM job_output")]
+    assert version == SCHEMA_VERSION == 5
+    assert sorted(kept) == ["loud", "odd"]  # a row only for a job with output
+    assert '"stdout"' not in records["loud"] and '"stdout"' not in records["odd"]
+    assert len(records["loud"]) < len(dump_job(loud))
+
+
+async def test_sqlite_a_write_that_keeps_the_output_writes_only_the_record(
+    tmp_path: Path,
+) -> None:
+    # What a write puts in the WAL file (emptied before each) is what it wrote: a move
+    # of a job with 5 MB of output writes a page or two, unless the output changes.
+    path = tmp_path / "jobs.db"
+    wal = anyio.Path(f"{path}-wal")
+    big = "".join(f"line {n:07}\n" for n in range(400_000))
+    job = attrs.evolve(make_job("j", status=JobStatus.RUNNING, host="h", owner="m"), stdout=big)
+    store = SQLiteStorage(path)
+    await store.open()
+    try:
+        await store.create([job])
+        [seen] = await store.list()
+
+        async def written(new: Job) -> int:
+            with contextlib.closing(sqlite3.connect(path)) as db:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            assert (await wal.stat()).st_size == 0
+            assert await store.compare_and_set(
+                new, expected=JobStatus.RUNNING, expected_owner="m"
+            )
+            return (await wal.stat()).st_size
+
+        listed_write = await written(attrs.evolve(seen, error="listed"))
+        same_write = await written(attrs.evolve(job, error="same output"))
+        changed_write = await written(attrs.evolve(job, stdout=big + "one more\n"))
+        assert (await store.get("j")).stdout == big + "one more\n"
+    finally:
+        await store.close()
+    print(f"WAL bytes: listed {listed_write}, same {same_write}, changed {changed_write}")
+    assert listed_write < 64 * 1024, listed_write
+    assert same_write < 64 * 1024, same_write
+    assert changed_write > len(big), changed_write  # the measure sees an output written
 
 
 _CLAIMER = textwrap.dedent(

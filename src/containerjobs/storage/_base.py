@@ -10,6 +10,12 @@ status only in memory, and every write of a job is one of two atomic operations:
 - `Storage.compare_and_set` writes a job whole if its status and owner still are the
   ones the caller saw, so two managers (or two tasks) racing on a job cannot both win.
 
+A job's output (`Job.stdout` and `Job.stderr`, up to megabytes) is kept apart from
+the rest of its record: `get` reads it, `list` does not (its jobs have
+``output_loaded`` False), and a write of a job whose output is not loaded leaves the
+stored output as it is. A listing of many finished jobs then costs their records
+(a kilobyte or so each), not their output.
+
 Anyone may write a backend: `containerjobs.storage` exports the helpers the built-in
 backends use (record encoding, argument checks, `ClaimRound`), and
 `containerjobs.testing.StorageContract` is the behaviour suite every backend must
@@ -96,7 +102,8 @@ class Storage(Protocol):
         ...
 
     async def get(self, job_id: str) -> Job:
-        """The job's current record; `JobNotFound` when there is none."""
+        """The job's current record, its output included; `JobNotFound` when there is
+        none."""
         ...
 
     async def list(
@@ -106,7 +113,12 @@ class Storage(Protocol):
         host: str | None = None,
         limit: int | None = 100,
     ) -> list[Job]:
-        """Jobs, newest first (by `created_at`, then id), filtered by status and host."""
+        """Jobs, newest first (by `created_at`, then id), filtered by status and host.
+
+        Their output is left out, never read: each has ``output_loaded`` False, and
+        reading its `stdout` or `stderr` raises (`get` reads them). A listed job may be
+        written back with `compare_and_set`: its stored output stays.
+        """
         ...
 
     async def compare_and_set(
@@ -124,6 +136,12 @@ class Storage(Protocol):
         lease ran out (writing itself as owner, expecting the dead one), and a
         manager whose own lease lapsed losing to the one that adopted its job.
         Raises `JobNotFound` when the job is gone.
+
+        The output is written with the record, in the same atomic step, but only when
+        it changes: a stream `job` does not hold (a listed job's) keeps what is
+        stored, and one equal to what is stored is not written again, so the moves of
+        a job are the same small write however much it printed. `containerjobs.storage.
+        job_output` tells a backend which streams a job holds.
         """
         ...
 
@@ -177,7 +195,9 @@ class Storage(Protocol):
         ...
 
     async def active_jobs(self, *, owner: str | None = None) -> builtins.list[Job]:
-        """Every job launching or running, newest first like `list`, with no limit.
+        """Every job launching or running, newest first like `list`, with no limit,
+        each with its output as `get` returns it (the jobs `claim_next` returns have
+        theirs too).
 
         Of one manager when `owner` is given, else of all (jobs with no owner too).
         What a manager reconciles with the containers it finds on its hosts.

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import attrs
 import cattrs
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from .._errors import StorageError
 from .._models import Job, JobStatus
@@ -28,10 +30,15 @@ __all__ = [
     "check_limit",
     "check_log_sequence",
     "converter",
+    "decode_output",
     "dump_job",
+    "dump_record",
+    "encode_output",
     "format_datetime",
+    "job_output",
     "lease_expiry",
     "load_job",
+    "load_record",
     "parse_datetime",
     "status_filter",
     "store_now",
@@ -107,17 +114,29 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook_func(
         lambda cls: cls == (str | Secret), _structure_variable
     )
+    # Job keeps its output in private attributes (None: not loaded), under the keys
+    # "stdout" and "stderr" all the same. Made last: the functions take the hooks
+    # above for the fields' types as they are made.
+    out, err = override(rename="stdout"), override(rename="stderr")
+    conv.register_unstructure_hook(
+        Job, make_dict_unstructure_fn(Job, conv, _stdout=out, _stderr=err)
+    )
+    conv.register_structure_hook(Job, make_dict_structure_fn(Job, conv, _stdout=out, _stderr=err))
     return conv
 
 
 converter = _make_converter()
 
 
+_OUTPUT_KEYS = ("stdout", "stderr")
+
+
 def dump_job(job: Job) -> str:
-    """The whole job as compact JSON text, the form every built-in store keeps.
+    """The whole job as compact JSON text, its output included.
 
     Every field is kept; datetimes as `format_datetime` text, statuses as their
-    values, a command's list form as a JSON list and its shell form as a string.
+    values, a command's list form as a JSON list and its shell form as a string, an
+    output that is not loaded as null.
     """
     # ensure_ascii keeps lone surrogates (which UTF-8 cannot encode) storable as \u
     # escapes; compact separators because a store holds many of these.
@@ -131,12 +150,92 @@ def load_job(text: str) -> Job:
     record written by another version of containerjobs still loads. Text that does
     not load raises `StorageError`.
     """
+    return _structure(_parse(text))
+
+
+def dump_record(job: Job) -> str:
+    """The job as `dump_job` writes it, less its output (``stdout`` and ``stderr``):
+    the record the built-in stores keep, with the output apart.
+
+    A job is written many times in its life (each status move) and its output, up to
+    megabytes, once; and a listing reads many records and no output. Kept apart, a
+    move writes and a listing reads a record of a kilobyte or so.
+    """
+    record = converter.unstructure(job)
+    for key in _OUTPUT_KEYS:
+        del record[key]
+    return json.dumps(record, separators=(",", ":"))
+
+
+def load_record(text: str, stdout: str | None, stderr: str | None) -> Job:
+    """The job of a `dump_record` text, with the output given (`None`: not loaded).
+
+    An output the text still holds (a record written by an older version) is
+    ignored: the store's own output is the one given. Text that does not load
+    raises `StorageError`.
+    """
+    record = _parse(text)
+    record["stdout"], record["stderr"] = stdout, stderr
+    return _structure(record)
+
+
+def _parse(text: str) -> dict[str, Any]:
     try:
-        return converter.structure(json.loads(text), Job)
+        record = json.loads(text)
+    except ValueError as exc:
+        raise StorageError(f"a stored job record cannot be read: {exc!r}") from exc
+    if not isinstance(record, dict):
+        raise StorageError(f"a stored job record cannot be read: not an object: {text[:80]!r}")
+    return record
+
+
+def _structure(record: dict[str, Any]) -> Job:
+    try:
+        return converter.structure(record, Job)
     except (ValueError, TypeError, cattrs.BaseValidationError) as exc:
         # A record that no longer loads (edited by hand, or refused by a stricter
         # validator than the one that wrote it) is a failure of the store to read.
         raise StorageError(f"a stored job record cannot be read: {exc!r}") from exc
+
+
+def job_output(job: Job) -> tuple[str | None, str | None]:
+    """The job's stdout and stderr, each `None` when it is not loaded (a job from
+    `Storage.list`). A store writing a job keeps the stored output of a stream that
+    is `None`, rather than blank it."""
+    # The one place outside Job that reads its private attributes.
+    return job._stdout, job._stderr
+
+
+def with_output(
+    jobs: Sequence[Job], stored: Mapping[str, tuple[bytes | None, bytes | None]]
+) -> list[Job]:
+    """Listed jobs with the output a store keeps for them: `stored` maps a job's id to
+    its stdout and stderr bytes; a job it leaves out printed nothing."""
+    loaded = []
+    for job in jobs:
+        stdout, stderr = stored.get(job.id, (None, None))
+        loaded.append(
+            attrs.evolve(job, stdout=decode_output(stdout), stderr=decode_output(stderr))
+        )
+    return loaded
+
+
+def encode_output(text: str) -> bytes:
+    """A job's output as the bytes a store with no JSON around it keeps: UTF-8, with
+    lone surrogates passed through (no output is refused, as no record was)."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def decode_output(data: bytes | None) -> str:
+    """The text of `encode_output`'s bytes; `None` (no stored output) is ""."""
+    if not data:
+        return ""
+    try:
+        return bytes(data).decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        # Only bytes written by hand (or by SQL's own JSON reading of an odd escape)
+        # get here: replaced, as the engine's own bytes are, never dropped.
+        return bytes(data).decode("utf-8", "replace")
 
 
 # --- argument checks every backend makes the same way -------------------------------

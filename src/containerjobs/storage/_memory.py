@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
+import attrs
 from anyio.lowlevel import checkpoint
 
 from .._errors import JobNotFound, StorageError, TemplateNotFound
@@ -22,6 +23,7 @@ from ._codec import (
     as_utc,
     check_limit,
     check_log_sequence,
+    job_output,
     lease_expiry,
     status_filter,
     store_now,
@@ -34,6 +36,26 @@ _ACTIVE = frozenset(s for s in JobStatus if s.is_active)
 
 def _newest_first(job: Job) -> tuple[datetime, str]:
     return (job.created_at, job.id)
+
+
+def _listed(job: Job) -> Job:
+    # As every store lists a job: its output not loaded. Here output costs nothing to
+    # read, but a program must not come to count on a listing that holds it.
+    return attrs.evolve(job, stdout=None, stderr=None)
+
+
+def _kept(job: Job, stored: Job | None) -> Job:
+    # The job to keep: a stream `job` does not hold (not loaded) is the stored one's,
+    # and a stream with nothing stored is "" (a listed job created as it is).
+    stdout, stderr = job_output(job)
+    if stdout is not None and stderr is not None:
+        return job
+    before = (None, None) if stored is None else job_output(stored)
+    return attrs.evolve(
+        job,
+        stdout=stdout if stdout is not None else before[0] or "",
+        stderr=stderr if stderr is not None else before[1] or "",
+    )
 
 
 class _Lease(NamedTuple):
@@ -115,7 +137,7 @@ class InMemoryStorage:
                 raise StorageError(f"cannot create job {job.id!r}: that id already exists")
             seen.add(job.id)
         for job in jobs:
-            self._jobs[job.id] = job
+            self._jobs[job.id] = _kept(job, None)
 
     async def get(self, job_id: str) -> Job:
         await checkpoint()
@@ -140,10 +162,10 @@ class InMemoryStorage:
             if (wanted is None or job.status in wanted) and (host is None or job.host == host)
         )
         if limit is None:
-            return sorted(found, key=_newest_first, reverse=True)
+            return [_listed(job) for job in sorted(found, key=_newest_first, reverse=True)]
         # The newest `limit` without sorting them all: a page of 100 from 100,000 jobs
         # took over 100 ms of the event loop that way.
-        return heapq.nlargest(limit, found, key=_newest_first)
+        return [_listed(job) for job in heapq.nlargest(limit, found, key=_newest_first)]
 
     async def compare_and_set(
         self, job: Job, *, expected: JobStatus, expected_owner: str | None
@@ -154,7 +176,7 @@ class InMemoryStorage:
             raise JobNotFound(f"no job with id {job.id!r}")
         if current.status is not expected or current.owner != expected_owner:
             return False
-        self._jobs[job.id] = job
+        self._jobs[job.id] = _kept(job, current)
         return True
 
     async def claim_next(

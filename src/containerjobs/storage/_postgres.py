@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import json
 import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -22,11 +23,15 @@ from ._codec import (
     as_utc,
     check_limit,
     check_log_sequence,
-    dump_job,
+    decode_output,
+    dump_record,
+    encode_output,
+    job_output,
     lease_expiry,
-    load_job,
+    load_record,
     status_filter,
     store_now,
+    with_output,
 )
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStorage"]
@@ -76,12 +81,44 @@ async def _chunk_old_lines(conn: Any, schema: str) -> None:
         await insert()
 
 
+# The records that still hold an output, as dump_job wrote every record up to schema
+# version 2: all but those whose output is empty, which read the same either way.
+_EMPTY_OUTPUT = '"stdout":"","stderr":""'
+
+
+async def _move_output_out(conn: Any, schema: str) -> None:
+    # Each record that holds an output loses it to job_output, one at a time (a record
+    # may hold 20 MB of output). In Python: a record is text, not jsonb, as its output
+    # may hold \u0000, which no JSON operator of PostgreSQL reads. A record whose
+    # output is empty keeps its two empty keys, which reads ignore.
+    ids = await conn.fetch(
+        f"SELECT id FROM {schema}.jobs WHERE strpos(record, $1) = 0", _EMPTY_OUTPUT
+    )
+    for (job_id,) in ids:
+        text = await conn.fetchval(f"SELECT record FROM {schema}.jobs WHERE id = $1", job_id)
+        record = json.loads(text)
+        stdout, stderr = record.pop("stdout", "") or "", record.pop("stderr", "") or ""
+        await conn.execute(
+            f"UPDATE {schema}.jobs SET record = $2 WHERE id = $1",
+            job_id,
+            json.dumps(record, separators=(",", ":")),
+        )
+        if stdout or stderr:
+            await conn.execute(
+                f"INSERT INTO {schema}.job_output (job_id, stdout, stderr) VALUES ($1, $2, $3)",
+                job_id,
+                encode_output(stdout),
+                encode_output(stderr),
+            )
+
+
 # Migration n (counting from 1) takes a schema from version n-1 to n. Append only: a
 # released entry is never edited. "{s}" is the store's schema, a checked identifier.
 MIGRATIONS: tuple[tuple[MigrationStep, ...], ...] = (
     (
         # The columns beside `record` are copies of its fields that queries filter or
-        # sort on; `record` (the whole Job as `dump_job` JSON) is what a read returns.
+        # sort on; `record` (the whole Job as `dump_job` JSON; since version 3 less its
+        # output, as `dump_record` writes it) is what a read returns.
         # It is text, not jsonb: jsonb refuses the \u0000 escape that a container's
         # output can put in stdout, and text gives back exactly what was written.
         # COLLATE "C" orders ids and names by code point, as Python's sort does, so
@@ -161,6 +198,23 @@ MIGRATIONS: tuple[tuple[MigrationStep, ...], ...] = (
         """,
         _chunk_old_lines,
         "DROP TABLE {s}.logs",
+    ),
+    (
+        # A job's kept output apart from its record, a row only for a job that has
+        # some: the record is written at every status move and read by every listing,
+        # the output (up to 10 MiB a stream) written once, at the end, and read only
+        # by get. In the record, a listing of 20 jobs with 4 MiB of output each read
+        # and parsed 160 MiB of JSON; and each write of a record wrote its output
+        # again. bytea (encode_output's UTF-8): text refuses NUL. TOAST keeps it out
+        # of line, compressed, and a write that leaves it alone does not copy it.
+        """
+        CREATE TABLE {s}.job_output (
+            job_id text COLLATE "C" PRIMARY KEY REFERENCES {s}.jobs (id) ON DELETE CASCADE,
+            stdout bytea NOT NULL,
+            stderr bytea NOT NULL
+        )
+        """,
+        _move_output_out,
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -306,6 +360,12 @@ class PostgresStorage:
         self._listeners: dict[Any, Any] = {}
         t = f"{schema}."
         self._jobs, self._chunks, self._templates = f"{t}jobs", f"{t}log_chunks", f"{t}templates"
+        self._output = f"{t}job_output"
+        # A job's record with its output (NULLs when it has none), as get reads it.
+        self._with_output = (
+            f"SELECT j.record, o.stdout, o.stderr FROM {self._jobs} AS j"
+            f" LEFT JOIN {self._output} AS o ON o.job_id = j.id"
+        )
         self._managers, self._meta = f"{t}managers", f"{t}meta"
         # The seq after a job's last stored line ($1 the job), NULL when it has none:
         # the end of its last chunk. That is MAX(end_seq), as chunks follow each other
@@ -519,23 +579,42 @@ class PostgresStorage:
             " RETURNING id, status, '-'::text AS previous) "
         ) + self._notify("written")
         ids = [job.id for job in jobs]
+        outputs = [
+            (job.id, encode_output(stdout or ""), encode_output(stderr or ""))
+            for job in jobs
+            for stdout, stderr in [job_output(job)]
+            if stdout or stderr
+        ]
+        action = f"creating {len(jobs)} job(s) ({named})"
         try:
-            async with self._connection(f"creating {len(jobs)} job(s) ({named})") as conn:
+            # One transaction when some have output (the usual new job has none).
+            async with (
+                self._transaction(action) if outputs else self._connection(action)
+            ) as conn:
                 # One statement: all rows or none, a duplicate id (stored or within the
                 # batch) failing the whole of it.
                 await conn.fetchval(sql, ids, *columns)
+                if outputs:
+                    await conn.execute(
+                        f"INSERT INTO {self._output} (job_id, stdout, stderr)"
+                        " SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])",
+                        *zip(*outputs, strict=True),
+                    )
         except StorageError as exc:
-            unique = self._asyncpg.exceptions.UniqueViolationError
-            if isinstance(exc.__cause__, unique):
+            # (No driver yet: the store was never opened, and the error says so.)
+            driver = self._asyncpg
+            if driver is not None and isinstance(
+                exc.__cause__, driver.exceptions.UniqueViolationError
+            ):
                 raise StorageError(f"{exc} (that job id already exists)") from exc.__cause__
             raise
 
     async def get(self, job_id: str) -> Job:
         async with self._connection(f"reading job {job_id!r}") as conn:
-            record = await conn.fetchval(f"SELECT record FROM {self._jobs} WHERE id = $1", job_id)
-        if record is None:
+            row = await conn.fetchrow(f"{self._with_output} WHERE j.id = $1", job_id)
+        if row is None:
             raise JobNotFound(f"no job with id {job_id!r}")
-        return load_job(record)
+        return _load_full(*row)
 
     async def list(
         self,
@@ -565,7 +644,8 @@ class PostgresStorage:
             sql += f" LIMIT ${len(params)}"
         async with self._connection("listing jobs") as conn:
             rows = await conn.fetch(sql, *params)
-        return [load_job(row[0]) for row in rows]
+        # The records alone: their output is neither read nor loaded.
+        return [load_record(row[0], None, None) for row in rows]
 
     async def compare_and_set(
         self, job: Job, *, expected: JobStatus, expected_owner: str | None
@@ -574,22 +654,57 @@ class PostgresStorage:
         # COMMITTED a racing writer waits for the row and then finds its WHERE false,
         # so exactly one wins. The notification goes with the write, and the scalar
         # read beside it tells a lost race from a missing job.
+        # The output goes in the same statement, only if the record's write won.
+        output, output_params = self._output_write(job)
         sql = (
             f"WITH written AS (UPDATE {self._jobs} SET {_SET_JOB}"
             " WHERE id = $1 AND status = $11 AND owner IS NOT DISTINCT FROM $12"
-            " RETURNING id, status, $11::text AS previous) "
+            f" RETURNING id, status, $11::text AS previous){output} "
             f"SELECT ({self._notify('written')}) AS written,"
             f" EXISTS (SELECT 1 FROM {self._jobs} WHERE id = $1) AS known"
         )
         async with self._connection(f"writing job {job.id!r}") as conn:
             row = await conn.fetchrow(
-                sql, job.id, *_job_columns(job), expected.value, expected_owner
+                sql, job.id, *_job_columns(job), expected.value, expected_owner, *output_params
             )
         if row["written"]:
             return True
         if not row["known"]:
             raise JobNotFound(f"no job with id {job.id!r}")
         return False
+
+    def _output_write(self, job: Job) -> tuple[str, tuple[Any, ...]]:
+        """What compare_and_set adds to its WITH for the job's output (a CTE on the
+        rows of `written`, with parameters from $13), and its parameters: nothing for
+        a listed job, whose stored output stays; a stream not loaded keeps its own."""
+        stdout, stderr = job_output(job)
+        if stdout is None and stderr is None:
+            return "", ()
+        written = "(SELECT id FROM written)"
+        if not stdout and not stderr:
+            if stdout is not None and stderr is not None:
+                # The usual move of a job that has printed nothing yet: no row to find.
+                return f", output AS (DELETE FROM {self._output} WHERE job_id IN {written})", ()
+            column = "stdout" if stdout is not None else "stderr"
+            return (
+                f", output AS (UPDATE {self._output} SET {column} = ''::bytea"
+                f" WHERE job_id IN {written} AND {column} <> ''::bytea)",
+                (),
+            )
+        # The WHERE leaves alone a row that would not change: no new row version, and
+        # its TOAST is not written again.
+        new_out, new_err = "COALESCE($13::bytea, o.stdout)", "COALESCE($14::bytea, o.stderr)"
+        return (
+            f", output AS (INSERT INTO {self._output} AS o (job_id, stdout, stderr)"
+            " SELECT id, COALESCE($13::bytea, ''::bytea), COALESCE($14::bytea, ''::bytea)"
+            f" FROM written ON CONFLICT (job_id) DO UPDATE SET stdout = {new_out},"
+            f" stderr = {new_err} WHERE o.stdout IS DISTINCT FROM {new_out}"
+            f" OR o.stderr IS DISTINCT FROM {new_err})",
+            (
+                None if stdout is None else encode_output(stdout),
+                None if stderr is None else encode_output(stderr),
+            ),
+        )
 
     async def claim_next(
         self,
@@ -641,7 +756,7 @@ class PostgresStorage:
                 batch = await self._pending_page(conn, round_.open_hosts(), now, after, page)
                 for priority, created_at, job_id, record in batch:
                     after = (priority, created_at, job_id)
-                    round_.offer(load_job(record))
+                    round_.offer(load_record(record, None, None))
                     if round_.done:
                         break
                 if len(batch) < page:
@@ -654,7 +769,15 @@ class PostgresStorage:
                     + self._notify("written"),
                     [(job.id, *_job_columns(job)) for job in round_.claimed],
                 )
-        return round_.claimed
+                # With their output, as get returns them (a pending job has printed
+                # nothing, unless someone wrote it an output: no row to find).
+                outputs = await conn.fetch(
+                    f"SELECT job_id, stdout, stderr FROM {self._output}"
+                    " WHERE job_id = ANY($1::text[])",
+                    [job.id for job in round_.claimed],
+                )
+                return with_output(round_.claimed, {row[0]: (row[1], row[2]) for row in outputs})
+        return []
 
     @staticmethod
     def _free(round_: ClaimRound, hosts: Mapping[str, int], rows: Any, limit: int | None) -> int:
@@ -695,15 +818,17 @@ class PostgresStorage:
         return builtins.list(await conn.fetch(sql, *params))
 
     async def active_jobs(self, *, owner: str | None = None) -> builtins.list[Job]:
-        sql = f"SELECT record FROM {self._jobs} WHERE status IN {_ACTIVE_SQL}"
+        # With their output, as get: a running job has printed nothing yet (its lines
+        # are in log_chunks until it ends), so no row to find.
+        sql = f"{self._with_output} WHERE j.status IN {_ACTIVE_SQL}"
         params: builtins.list[Any] = []
         if owner is not None:
-            sql += " AND owner = $1"
+            sql += " AND j.owner = $1"
             params.append(owner)
-        sql += " ORDER BY created_at DESC, id DESC"
+        sql += " ORDER BY j.created_at DESC, j.id DESC"
         async with self._connection("listing active jobs") as conn:
             rows = await conn.fetch(sql, *params)
-        return [load_job(row[0]) for row in rows]
+        return [_load_full(*row) for row in rows]
 
     async def count_active(self) -> dict[str, int]:
         async with self._connection("counting active jobs") as conn:
@@ -1036,5 +1161,9 @@ def _job_columns(job: Job) -> tuple[Any, ...]:
         job.completed_at,
         job.spec.host,
         job.retry_at,
-        dump_job(job),
+        dump_record(job),
     )
+
+
+def _load_full(record: str, stdout: bytes | None, stderr: bytes | None) -> Job:
+    return load_record(record, decode_output(stdout), decode_output(stderr))

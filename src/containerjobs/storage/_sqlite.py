@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -22,19 +23,59 @@ from ._codec import (
     as_utc,
     check_limit,
     check_log_sequence,
-    dump_job,
+    decode_output,
+    dump_record,
+    encode_output,
     format_datetime,
+    job_output,
     lease_expiry,
-    load_job,
+    load_record,
     status_filter,
     store_now,
+    with_output,
 )
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage"]
 
+# A step of a migration: SQL, or a coroutine given the connection (inside the
+# migration's transaction).
+MigrationStep = str | Callable[[aiosqlite.Connection], Awaitable[None]]
+
+# The records that still hold an output, as dump_job wrote every record up to schema
+# version 4: all but those whose output is empty, which read the same either way.
+_EMPTY_OUTPUT = '"stdout":"","stderr":""'
+
+
+async def _move_output_out(db: aiosqlite.Connection) -> None:
+    # Each record that holds an output loses it to job_output. In Python, not SQL:
+    # SQLite's JSON functions refuse what Python's json writes for an infinite or NaN
+    # float (before 3.42), and would each rewrite a record in their own style; this
+    # rewrites it as dump_record would have written it. One record at a time, as a
+    # record may hold 20 MB of output. The filter finds no more than the records with
+    # output: one whose output is empty keeps its two empty keys, which reads ignore.
+    rows = await db.execute_fetchall(
+        "SELECT id FROM jobs WHERE instr(record, ?) = 0", (_EMPTY_OUTPUT,)
+    )
+    for (job_id,) in rows:
+        (text,) = next(iter(await db.execute_fetchall(
+            "SELECT record FROM jobs WHERE id = ?", (job_id,)
+        )))
+        record = json.loads(text)
+        stdout, stderr = record.pop("stdout", "") or "", record.pop("stderr", "") or ""
+        await db.execute(
+            "UPDATE jobs SET record = ? WHERE id = ?",
+            (json.dumps(record, separators=(",", ":")), job_id),
+        )
+        if stdout or stderr:
+            await db.execute(
+                "INSERT INTO job_output (job_id, stdout, stderr) VALUES (?, ?, ?)",
+                (job_id, encode_output(stdout), encode_output(stderr)),
+            )
+
+
 # Migration n (counting from 1) takes a file from user_version n-1 to n. Append only:
 # a released entry is never edited, since files in the field have already run it.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+MIGRATIONS: tuple[tuple[MigrationStep, ...], ...] = (
     (
         # The columns beside `record` are copies of its fields that queries filter or
         # sort on; `record` (the whole Job as JSON) is what a read returns.
@@ -146,6 +187,27 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "DROP TABLE logs",
     ),
+    (
+        # A job's kept output apart from its record, a row only for a job that has
+        # some: the record is written at every status move and read by every listing,
+        # the output (up to 10 MiB a stream) written once, at the end, and read only
+        # by get. In the record, a listing of 20 jobs with 4 MiB of output each read
+        # and parsed 160 MiB of JSON; and each write of a record rewrote its output.
+        #
+        # The UTF-8 bytes (encode_output), not text: no str is refused (a lone
+        # surrogate, which text cannot bind). Not compressed: 20 MiB take some 60 ms
+        # to deflate, on the event loop, and every get would pay to inflate them; the
+        # log chunks beside them are the compressed copy. A rowid table, as
+        # log_chunks, for values far larger than a page.
+        """
+        CREATE TABLE job_output (
+            job_id TEXT PRIMARY KEY NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            stdout BLOB NOT NULL,
+            stderr BLOB NOT NULL
+        )
+        """,
+        _move_output_out,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -179,6 +241,8 @@ _HEALTH_READS = (
         " retry_at, record FROM jobs LIMIT 1",
     ),
     ("a job by its id", "SELECT record FROM jobs WHERE id = ''"),
+    ("table job_output", "SELECT job_id, stdout, stderr FROM job_output LIMIT 1"),
+    ("a job's output", "SELECT stdout, stderr FROM job_output WHERE job_id = ''"),
     (
         "the queue of pending jobs",
         f"SELECT record FROM jobs WHERE status = '{JobStatus.PENDING.value}'"
@@ -239,7 +303,53 @@ def _job_columns(job: Job) -> tuple[Any, ...]:
         _optional_datetime(job.completed_at),
         job.spec.host,
         _optional_datetime(job.retry_at),
-        dump_job(job),
+        dump_record(job),
+    )
+
+
+# A job's record with its output (NULLs when it has none), as get reads it.
+_WITH_OUTPUT = (
+    "SELECT record, stdout, stderr FROM jobs LEFT JOIN job_output ON job_output.job_id = jobs.id"
+)
+
+
+def _load_full(record: str, stdout: bytes | None, stderr: bytes | None) -> Job:
+    return load_record(record, decode_output(stdout), decode_output(stderr))
+
+
+def _load_listed(record: str) -> Job:
+    return load_record(record, None, None)
+
+
+async def _write_output(db: aiosqlite.Connection, job: Job) -> None:
+    """Store the job's output as `job` holds it, inside the caller's transaction: a
+    stream that is not loaded keeps what is stored, an unchanged one is not written."""
+    stdout, stderr = job_output(job)
+    if stdout is None and stderr is None:
+        return  # a listed job: its output stays as it is
+    if not stdout and not stderr:
+        if stdout is not None and stderr is not None:
+            # The usual move of a job that has printed nothing yet: no row to find.
+            await db.execute("DELETE FROM job_output WHERE job_id = ?", (job.id,))
+        else:
+            # One stream blanked, the other not loaded (no caller of ours does this).
+            column = "stdout" if stdout is not None else "stderr"
+            await db.execute(
+                f"UPDATE job_output SET {column} = X'' WHERE job_id = ? AND {column} != X''",
+                (job.id,),
+            )
+        return
+    out = None if stdout is None else encode_output(stdout)
+    err = None if stderr is None else encode_output(stderr)
+    # The WHERE leaves alone a row that would not change: none of its pages is written
+    # again. (SQLite compares the bytes, a memcmp: 1 ms for 20 MB.)
+    await db.execute(
+        "INSERT INTO job_output (job_id, stdout, stderr)"
+        " VALUES (?1, COALESCE(?2, X''), COALESCE(?3, X''))"
+        " ON CONFLICT (job_id) DO UPDATE SET"
+        " stdout = COALESCE(?2, stdout), stderr = COALESCE(?3, stderr)"
+        " WHERE stdout IS NOT COALESCE(?2, stdout) OR stderr IS NOT COALESCE(?3, stderr)",
+        (job.id, out, err),
     )
 
 
@@ -432,7 +542,7 @@ class SQLiteStorage:
                 await db.execute("PRAGMA journal_mode = WAL")
                 await db.execute("PRAGMA synchronous = NORMAL")
                 # The WAL file keeps the size of the largest transaction it held (a
-                # job's final record holds its kept output: 10 MB or more) for as long
+                # job's final write holds its kept output: 10 MB or more) for as long
                 # as the store is open; past this size it is cut back once it restarts.
                 await db.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT_BYTES}")
                 await db.execute("PRAGMA foreign_keys = ON")
@@ -497,7 +607,10 @@ class SQLiteStorage:
                             "exist yet"
                         )
                 for statement in statements:
-                    await db.execute(statement)
+                    if isinstance(statement, str):
+                        await db.execute(statement)
+                    else:
+                        await statement(db)
                 # PRAGMA takes no parameters; target is our own int.
                 await db.execute(f"PRAGMA user_version = {int(target)}")
 
@@ -538,18 +651,26 @@ class SQLiteStorage:
         # SQLite's "UNIQUE constraint failed" does not say which id: name them here.
         named = ", ".join(repr(job.id) for job in jobs[:5]) + (", ..." if len(jobs) > 5 else "")
         action = f"creating {len(rows)} job(s) ({named})"
+        outputs = [
+            (job.id, encode_output(stdout or ""), encode_output(stderr or ""))
+            for job in jobs
+            for stdout, stderr in [job_output(job)]
+            if stdout or stderr
+        ]
         async with self._transaction(action) as db:
             # A duplicate id (stored or within `jobs`) fails the whole transaction.
             await db.executemany(_INSERT_JOB, rows)
+            if outputs:
+                await db.executemany(
+                    "INSERT INTO job_output (job_id, stdout, stderr) VALUES (?, ?, ?)", outputs
+                )
 
     async def get(self, job_id: str) -> Job:
         async with self._connection(f"reading job {job_id!r}") as db:
-            rows = list(
-                await db.execute_fetchall("SELECT record FROM jobs WHERE id = ?", (job_id,))
-            )
+            rows = list(await db.execute_fetchall(f"{_WITH_OUTPUT} WHERE id = ?", (job_id,)))
         if not rows:
             raise JobNotFound(f"no job with id {job_id!r}")
-        return load_job(rows[0][0])
+        return _load_full(*rows[0])
 
     async def list(
         self,
@@ -579,20 +700,31 @@ class SQLiteStorage:
             params.append(limit)
         async with self._connection("listing jobs") as db:
             rows = await db.execute_fetchall(sql, params)
-        return [load_job(row[0]) for row in rows]
+        # The records alone: their output is neither read nor loaded.
+        return [_load_listed(row[0]) for row in rows]
 
     async def compare_and_set(
         self, job: Job, *, expected: JobStatus, expected_owner: str | None
     ) -> bool:
         columns = _job_columns(job)
-        async with self._connection(f"writing job {job.id!r}") as db:
-            # One statement, so atomic across processes. IS, not =: "owner = NULL" is
-            # never true, and None must match no owner.
-            cursor = await db.execute(
-                f"UPDATE jobs SET {_SET_JOB} WHERE id = ? AND status = ? AND owner IS ?",
-                (*columns, job.id, expected.value, expected_owner),
-            )
+        # IS, not =: "owner = NULL" is never true, and None must match no owner.
+        sql = f"UPDATE jobs SET {_SET_JOB} WHERE id = ? AND status = ? AND owner IS ?"
+        params = (*columns, job.id, expected.value, expected_owner)
+        action = f"writing job {job.id!r}"
+        if job_output(job) == (None, None):
+            # A listed job leaves its output as stored: one statement, atomic as is.
+            async with self._connection(action) as db:
+                cursor = await db.execute(sql, params)
+                if cursor.rowcount == 1:
+                    return True
+                await self._require_job(db, job.id)
+                return False
+        async with self._transaction(action) as db:
+            # The record and its output in one transaction, the output only if the
+            # record's write won.
+            cursor = await db.execute(sql, params)
             if cursor.rowcount == 1:
+                await _write_output(db, job)
                 return True
             await self._require_job(db, job.id)
             return False
@@ -621,7 +753,7 @@ class SQLiteStorage:
                 rows = list(await _pending_page(db, round_.open_hosts(), now, after))
                 for priority, created_at, job_id, record in rows:
                     after = (priority, created_at, job_id)
-                    claimed = round_.offer(load_job(record))
+                    claimed = round_.offer(_load_listed(record))
                     if claimed is not None:
                         # Read as pending under this write lock: no status check needed.
                         await db.execute(
@@ -632,7 +764,9 @@ class SQLiteStorage:
                         break
                 if len(rows) < _CLAIM_PAGE:
                     break  # the end of the queue
-        return round_.claimed
+            # The claimed jobs with their output, as get returns them (a pending job
+            # has printed nothing, unless someone wrote it an output: no row to find).
+            return await _with_outputs(db, round_.claimed)
 
     async def _require_job(self, db: aiosqlite.Connection, job_id: str) -> None:
         rows = await db.execute_fetchall("SELECT 1 FROM jobs WHERE id = ?", (job_id,))
@@ -642,7 +776,9 @@ class SQLiteStorage:
     async def active_jobs(self, *, owner: str | None = None) -> builtins.list[Job]:
         # No index on owner: jobs_by_dispatch (status first) already narrows the scan
         # to the active jobs, which the hosts' limits keep few.
-        sql = f"SELECT record FROM jobs WHERE status IN {_ACTIVE_SQL}"
+        # With their output, as get: a running job has printed nothing yet (its lines
+        # are in log_chunks until it ends), so no row to find.
+        sql = f"{_WITH_OUTPUT} WHERE status IN {_ACTIVE_SQL}"
         params: builtins.list[Any] = []
         if owner is not None:
             sql += " AND owner = ?"
@@ -650,7 +786,7 @@ class SQLiteStorage:
         sql += " ORDER BY created_at DESC, id DESC"
         async with self._connection("listing active jobs") as db:
             rows = await db.execute_fetchall(sql, params)
-        return [load_job(row[0]) for row in rows]
+        return [_load_full(*row) for row in rows]
 
     async def cancel_requests(self, owner: str) -> builtins.list[str]:
         """The ids of `owner`'s active jobs that someone asked to cancel: what a worker
@@ -697,6 +833,7 @@ class SQLiteStorage:
             # The foreign key cascades too, but only on connections that turned it on;
             # deleting the lines by hand keeps the file clean whoever else writes to it.
             await db.executemany("DELETE FROM log_chunks WHERE job_id = ?", params)
+            await db.executemany("DELETE FROM job_output WHERE job_id = ?", params)
             cursor = await db.executemany("DELETE FROM jobs WHERE id = ?", params)
             # executemany sums the rows each statement deleted; a repeated id adds 0.
             return cursor.rowcount
@@ -891,6 +1028,20 @@ async def _next_seq(db: aiosqlite.Connection, job_id: str) -> int:
         )
     )
     return int(rows[0][0]) if rows else 0
+
+
+async def _with_outputs(db: aiosqlite.Connection, jobs: builtins.list[Job]) -> builtins.list[Job]:
+    # Listed jobs (no output loaded) with their stored output, "" where they have none.
+    found: dict[str, tuple[bytes, bytes]] = {}
+    for start in range(0, len(jobs), _IN_CHUNK):
+        ids = [job.id for job in jobs[start : start + _IN_CHUNK]]
+        rows = await db.execute_fetchall(
+            f"SELECT job_id, stdout, stderr FROM job_output WHERE job_id IN"
+            f" ({','.join('?' * len(ids))})",
+            ids,
+        )
+        found.update((job_id, (out, err)) for job_id, out, err in rows)
+    return with_output(jobs, found)
 
 
 async def _count_active(db: aiosqlite.Connection) -> dict[str, int]:

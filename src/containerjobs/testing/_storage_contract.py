@@ -40,7 +40,7 @@ from .._models import (
 from .._secrets import Secret
 from ..storage import Storage, StoredLine, dispatch_order
 
-__all__ = ["StorageContract", "at", "full_job", "lines", "make_job"]
+__all__ = ["StorageContract", "at", "full_job", "lines", "listed", "make_job"]
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -132,6 +132,11 @@ def full_job(job_id: str, command: str | builtins.list[str]) -> Job:
         retry_at=at(61),
         output_start=12,
     )
+
+
+def listed(job: Job) -> Job:
+    """`job` as `Storage.list` returns it: its output not loaded."""
+    return attrs.evolve(job, stdout=None, stderr=None)
 
 
 def lines(start: int, count: int, *, prefix: str = "line") -> builtins.list[StoredLine]:
@@ -413,7 +418,7 @@ class StorageContract:
             with pytest.raises(JobNotFound):
                 await storage.get("b")
             assert (await storage.get("a")).created_at == at(0)
-            assert await storage.list() == [make_job("a")]
+            assert await storage.list() == [listed(make_job("a"))]
 
     async def test_create_is_all_or_none_on_a_duplicate_within_the_batch(
         self, tmp_path: Path
@@ -916,6 +921,115 @@ class StorageContract:
                 [make_job(f"many{n:03}", status=JobStatus.RUNNING, host="h3") for n in range(120)]
             )
             assert len(await storage.active_jobs()) == 124
+
+    # --- output: read with the record by get, left out by list -----------------------
+
+    async def test_list_leaves_the_output_out_and_get_reads_it(self, tmp_path: Path) -> None:
+        async with self.opened(tmp_path) as storage:
+            loud = full_job("loud", ["run"])  # output on both streams
+            quiet = make_job("quiet", status=JobStatus.COMPLETED, created=2, completed=3)
+            await storage.create([loud, quiet])
+            everything = await storage.list(limit=None)
+            assert everything == [listed(quiet), listed(loud)]
+            for job in everything:
+                # Never mistaken for a job that printed nothing, the quiet one included.
+                assert not job.output_loaded
+                for stream in ("stdout", "stderr"):
+                    with pytest.raises(ContainerJobsError, match=f"{stream} is not loaded"):
+                        getattr(job, stream)
+                with pytest.raises(ContainerJobsError, match="get"):
+                    job.clean_output  # noqa: B018
+            assert await storage.list(status=JobStatus.FAILED, host="gpu-1") == [listed(loud)]
+            got_loud, got_quiet = await storage.get("loud"), await storage.get("quiet")
+            assert got_loud == loud and got_loud.output_loaded
+            assert got_quiet == quiet and got_quiet.output_loaded
+            assert (got_quiet.stdout, got_quiet.stderr) == ("", "")
+
+    async def test_active_jobs_and_claim_next_read_the_output(self, tmp_path: Path) -> None:
+        async with self.opened(tmp_path) as storage:
+            running = attrs.evolve(
+                make_job("r", status=JobStatus.RUNNING, host="h", owner="m"), stdout="so far\n"
+            )
+            pending = attrs.evolve(make_job("p", created=1), stderr="a note\n")
+            await storage.create([running, pending, make_job("q", created=2)])
+            assert await storage.active_jobs() == [running]
+            claimed = await storage.claim_next("m2", {"h2": 2}, first, now=NOW)
+            assert [job.id for job in claimed] == ["p", "q"]
+            assert claimed[0].stderr == "a note\n" and claimed[0] == await storage.get("p")
+            assert claimed[1].output_loaded and claimed[1] == await storage.get("q")
+
+    async def test_writing_a_listed_job_keeps_its_stored_output(self, tmp_path: Path) -> None:
+        async with self.opened(tmp_path) as storage:
+            job = attrs.evolve(
+                make_job("j", status=JobStatus.RUNNING, host="h", owner="m"),
+                stdout="out\n",
+                stderr="err\n",
+            )
+            await storage.create([job])
+            [seen] = await storage.list()
+            # A write of a listed job (a worker noting why, a cancel request) leaves
+            # the output as stored, never blanks it.
+            assert await storage.compare_and_set(
+                attrs.evolve(seen, error="noted"), expected=JobStatus.RUNNING, expected_owner="m"
+            )
+            assert await storage.get("j") == attrs.evolve(job, error="noted")
+            # A stream it holds is written; the other stays.
+            assert await storage.compare_and_set(
+                attrs.evolve(seen, stdout="new\n"), expected=JobStatus.RUNNING, expected_owner="m"
+            )
+            assert await storage.get("j") == attrs.evolve(job, stdout="new\n")
+            assert await storage.compare_and_set(
+                attrs.evolve(seen, stderr=""), expected=JobStatus.RUNNING, expected_owner="m"
+            )
+            assert await storage.get("j") == attrs.evolve(job, stdout="new\n", stderr="")
+            done = seen.advance(JobStatus.COMPLETED, completed_at=at(9), exit_code=0)
+            assert await storage.compare_and_set(
+                done, expected=JobStatus.RUNNING, expected_owner="m"
+            )
+            assert await storage.get("j") == attrs.evolve(done, stdout="new\n", stderr="")
+            # A lost race writes no output either.
+            assert not await storage.compare_and_set(
+                attrs.evolve(job, stdout="lost\n"), expected=JobStatus.RUNNING, expected_owner="m"
+            )
+            assert (await storage.get("j")).stdout == "new\n"
+            # A listed job created as it is (no output loaded) has printed nothing.
+            await storage.create([listed(make_job("copy"))])
+            assert (await storage.get("copy")).stdout == ""
+
+    async def test_compare_and_set_writes_replaces_and_clears_the_output(
+        self, tmp_path: Path
+    ) -> None:
+        async with self.opened(tmp_path) as storage:
+            job = make_job("j", status=JobStatus.RUNNING, host="h", owner="m")
+            await storage.create([job])
+            big = "".join(f"line {n}\n" for n in range(100_000))  # 1 MB
+            outputs = [("a\n", ""), ("a\n", "b\n"), ("", "b\n"), ("", ""), (big, "e"), (big, "e")]
+            for stdout, stderr in outputs:
+                new = attrs.evolve(job, stdout=stdout, stderr=stderr)
+                assert await storage.compare_and_set(
+                    new, expected=JobStatus.RUNNING, expected_owner="m"
+                )
+                got = await storage.get("j")
+                assert (got.stdout, got.stderr) == (stdout, stderr)
+                assert got == new
+
+    async def test_output_keeps_every_character(self, tmp_path: Path) -> None:
+        async with self.opened(tmp_path) as storage:
+            # NUL (which no PostgreSQL text holds), a lone surrogate (which UTF-8 does
+            # not encode), escapes, carriage returns, and characters beyond ASCII.
+            text = "a\x00b\n\u2603 \U0001f600 \x1b[31mred\x1b[0m\r\n\ud800 lone\nhäßlich"
+            job = attrs.evolve(
+                make_job("j", status=JobStatus.RUNNING, host="h", owner="m"),
+                stdout=text,
+                stderr=text[::-1],
+            )
+            await storage.create([job])
+            assert await storage.get("j") == job
+            swapped = attrs.evolve(job, stdout=text[::-1], stderr=text)
+            assert await storage.compare_and_set(
+                swapped, expected=JobStatus.RUNNING, expected_owner="m"
+            )
+            assert await storage.get("j") == swapped
 
     @_needs("reads_statuses")
     async def test_statuses_of_many_jobs_in_one_read(self, tmp_path: Path) -> None:
