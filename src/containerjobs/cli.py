@@ -544,10 +544,10 @@ async def _find(manager: JobManager, text: str) -> Job:
     except JobNotFound:
         pass
     if text:
-        # Only ids are wanted here; a store lists whole records.
+        # Only ids are wanted here (a listing reads no output).
         found = [job for job in await manager.storage.list(limit=None) if job.id.startswith(text)]
         if len(found) == 1:
-            return found[0]
+            return await manager.get(found[0].id)  # whole, output included (for show)
         if found:
             ids = ", ".join(job.id[:SHORT_ID] for job in found[:5])
             more = f" and {len(found) - 5} more" if len(found) > 5 else ""
