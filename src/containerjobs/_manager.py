@@ -371,7 +371,18 @@ class JobManager:
         self, *, status: JobStatus | str | None = None, limit: int = 100
     ) -> JobList:
         """Jobs, newest first, optionally of one status (a list, shown as one table in
-        Jupyter)."""
+        Jupyter).
+
+        Light: the store reads no job's output for it, however much the jobs printed.
+        Each job has every field but `stdout` and `stderr`, and ``output_loaded`` is
+        False; reading its output raises `ContainerJobsError`, never passes for empty.
+        `get` reads a job whole:
+
+        ```python
+        for job in await manager.list_jobs(status="failed", limit=10):
+            print(job.id, job.exit_code, (await manager.get(job.id)).stderr[-200:])
+        ```
+        """
         self._check_open()
         return JobList(
             await self.storage.list(
