@@ -711,7 +711,8 @@ class SQLiteStorage:
         sql = f"UPDATE jobs SET {_SET_JOB} WHERE id = ? AND status = ? AND owner IS ?"
         params = (*columns, job.id, expected.value, expected_owner)
         action = f"writing job {job.id!r}"
-        if job_output(job) == (None, None):
+        output = job_output(job)
+        if output == (None, None):
             # A listed job leaves its output as stored: one statement, atomic as is.
             async with self._connection(action) as db:
                 cursor = await db.execute(sql, params)
@@ -719,6 +720,18 @@ class SQLiteStorage:
                     return True
                 await self._require_job(db, job.id)
                 return False
+        if output == ("", ""):
+            # The usual move: a job that has printed nothing, with no output stored
+            # either (it is written at the end). One statement, which checks that, as
+            # a transaction of three costs a third more (560 µs a move, not 430); a
+            # stored output to clear, or a lost race, takes the way below.
+            async with self._connection(action) as db:
+                cursor = await db.execute(
+                    f"{sql} AND NOT EXISTS (SELECT 1 FROM job_output WHERE job_id = ?)",
+                    (*params, job.id),
+                )
+                if cursor.rowcount == 1:
+                    return True
         async with self._transaction(action) as db:
             # The record and its output in one transaction, the output only if the
             # record's write won.
