@@ -69,17 +69,14 @@ class _Lines:
             line = attrs.evolve(line, text=self.masker.mask(line.text))
             item = OutputLine(line, item.newline)
         kept = self.output.add(item)
-        if self.skip:
-            # Read again after an adoption: stored already, and read live before.
-            if kept is not None:
-                self.skip -= 1
-            return
-        self.hub.live(line, kept=kept is not None)
+        if not self.skip:  # else read again after an adoption, and live before
+            self.hub.live(line, kept=kept is not None)
         if kept is not None:
-            self.hub.add(kept)
+            self.store(kept)
 
     def store(self, line: LogLine) -> None:
-        """A line held back until the end (the tail of a capped output)."""
+        """A line to keep: as it comes, or held back until the end (the tail of a
+        capped output). Those an earlier manager stored already are skipped."""
         if self.skip:
             self.skip -= 1
         else:
