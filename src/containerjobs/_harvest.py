@@ -160,9 +160,14 @@ class _Tail:
             self._drop(blocks.popleft())
 
     def _drop(self, block: _Block) -> None:
-        self.size -= block.size
-        self.dropped += block.size
-        self.last_dropped = block.stamps[-1]
+        self._lose(block, block.size, block.stamps[-1])
+
+    def _lose(self, block: _Block, size: int, stamp: float) -> None:
+        """`size` bytes of `block` fell out, the newest of them stamped `stamp`."""
+        block.size -= size
+        self.size -= size
+        self.dropped += size
+        self.last_dropped = stamp
 
     def trim(self) -> None:
         """Cut the oldest lines to leave exactly the newest `limit` bytes (less a wide
@@ -173,22 +178,13 @@ class _Tail:
             line = block.line(block.start)
             line_size = _size(line)
             excess = self.size - self.limit
-            if line_size > excess:
-                # Keep the end of the line: what a terminal would show last.
-                kept = _tail(line, line_size - excess)
+            # Keep the end of a line longer than the excess: what a terminal would
+            # show last (nothing, when a wide character there did not fit).
+            kept = _tail(line, line_size - excess) if line_size > excess else ""
+            self._lose(block, line_size - _size(kept), block.stamps[block.start])
+            if kept:
                 block.skip += len(line) - len(kept)
-                cut = line_size - _size(kept)
-                block.size -= cut
-                self.size -= cut
-                self.dropped += cut
-                self.last_dropped = block.stamps[block.start]
-                if kept:
-                    continue
-                line_size = 0  # a wide character that did not fit: the line is out
-            block.size -= line_size
-            self.size -= line_size
-            self.dropped += line_size
-            self.last_dropped = block.stamps[block.start]
+                continue
             block.start += 1
             block.skip = 0
             if block.start == len(block.ends):
