@@ -446,6 +446,7 @@ class JobManager:
         while True:
             hub = self._worker.live_hub(job_id) if self._worker is not None else None
             until = hub.flushed if hub is not None else None
+            parted_seq = None  # where a follower leaves the kept lines for the live ones
             if hub is not None and follow and hub.parted is not None:
                 parted_seq, parted_index = hub.parted
                 if next_seq >= parted_seq:
@@ -456,8 +457,8 @@ class JobManager:
                 until = min(hub.flushed, parted_seq)
             if hub is not None and next_seq >= hub.flushed:
                 fresh = hub.since(next_seq)
-                if follow and hub.parted is not None:
-                    fresh = fresh[: hub.parted[0] - next_seq]
+                if parted_seq is not None:
+                    fresh = fresh[: parted_seq - next_seq]
                 if fresh:
                     for stored in fresh:
                         yield stored.line
